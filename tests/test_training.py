@@ -40,6 +40,31 @@ def test_model_shapes_parameters_and_flops():
         assert net(torch.zeros(2, 434, 40)).shape == (2, 7)
 
 
+def test_cmn_input_norm_ignores_a_fixed_channel_offset(tmp_path):
+    """input_norm="cmn" makes the network blind to a constant per-coefficient offset (a fixed
+    microphone/channel colouring in the cepstrum); the published network is not. The option
+    survives a checkpoint round trip and the int8 recipe keeps the normalisation in fp32."""
+    from training.checkpoint import load, save
+    from training.export import export_onnx, input_conv_names
+    from worker.frontend import FrontendConfig
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 184, 40) * 3
+    offset = torch.linspace(-2, 2, 40)
+    cmn, plain = LightSERNet(7, input_norm="cmn").eval(), LightSERNet(7).eval()
+    with torch.no_grad():
+        assert torch.allclose(cmn(x), cmn(x + offset), atol=1e-5)
+        assert not torch.allclose(plain(x), plain(x + offset), atol=1e-3)
+    path = save(tmp_path / "m.pt", cmn, [str(i) for i in range(7)], FrontendConfig(),
+                {"input_norm": "cmn", "dropout": 0.3})
+    restored, _ = load(path)
+    assert restored.input_norm == "cmn"
+    onnx_path = export_onnx(restored, tmp_path / "m.onnx", (184, 40))
+    assert len(input_conv_names(onnx_path)) == 3
+    with pytest.raises(ValueError, match="input_norm"):
+        LightSERNet(7, input_norm="zscore")
+
+
 def test_paper_schedule_and_presets():
     from training.train import PRESETS, lr_at, preset
 
@@ -51,6 +76,8 @@ def test_paper_schedule_and_presets():
     assert preset("robust", epochs=3).epochs == 3
     with pytest.raises(ValueError):
         preset("nope")
+    with pytest.raises(ValueError, match="loss"):
+        preset("paper", loss="hinge")
 
 
 def test_focal_loss_down_weights_easy_examples():

@@ -22,7 +22,9 @@ def save(path: str | Path, model: LightSERNet, labels: list[str], frontend: Fron
 
 def load(path: str | Path) -> tuple[LightSERNet, dict]:
     blob = torch.load(str(path), map_location="cpu", weights_only=False)
-    model = LightSERNet(len(blob["labels"]), dropout=blob["train_config"].get("dropout", 0.3))
+    tc = blob["train_config"]
+    model = LightSERNet(len(blob["labels"]), dropout=tc.get("dropout", 0.3),
+                        input_norm=tc.get("input_norm", "none"))
     model.load_state_dict(blob["state_dict"])
     model.eval()
     return model, blob

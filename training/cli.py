@@ -86,7 +86,10 @@ def make_train_config(preset_name: str, kw: dict):
     from training.config import TrainConfig, preset
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return preset(preset_name, **{k: kw.pop(k) for k in list(kw) if k in names})
+    try:
+        return preset(preset_name, **{k: kw.pop(k) for k in list(kw) if k in names})
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 @click.command()

@@ -30,9 +30,18 @@ class TrainConfig:
     random_crop: bool = False         # a random window of the utterance, not the first/centre one
     ema_decay: float = 0.0
     dropout: float = 0.3
+    input_norm: str = "none"          # none | cmn (subtract each window's per-coefficient mean)
     seed: int = 0
     threads: int = 0                  # torch intra-op threads; 0 = torch default
     device: str = "auto"              # auto (cuda when present) | cpu | cuda
+
+    def __post_init__(self) -> None:
+        choices = {"schedule": ("paper", "onecycle"), "loss": ("ce", "focal"),
+                   "input_norm": ("none", "cmn")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, "
+                                 f"not {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

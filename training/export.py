@@ -107,7 +107,8 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.
 
 
 def input_conv_names(onnx_path: str | Path) -> list[str]:
-    """Conv nodes fed (directly or through Unsqueeze/Reshape) by the graph's input."""
+    """Conv nodes fed by the graph's input, directly or through shape ops and the optional
+    input normalisation (ReduceMean, Sub)."""
     import onnx
 
     graph = onnx.load(str(onnx_path)).graph
@@ -116,7 +117,7 @@ def input_conv_names(onnx_path: str | Path) -> list[str]:
     for node in graph.node:
         if not fed.intersection(node.input):
             continue
-        if node.op_type in ("Unsqueeze", "Reshape", "Identity"):
+        if node.op_type in ("Unsqueeze", "Reshape", "Identity", "ReduceMean", "Sub"):
             fed.update(node.output)
         elif node.op_type == "Conv":
             names.append(node.name)

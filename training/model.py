@@ -7,6 +7,11 @@ with 64, 96, 128, 160 filters (pooling 2x2, 2x2, 2x1, 2x1) and a 1x1 block of 32
 average pooling, dropout 0.3 and a dense layer. ``forward`` returns logits; the exported
 graph appends softmax (``Probabilities``).
 
+``input_norm="cmn"`` (off by default, not in the paper) subtracts each window's mean over time
+from every coefficient first: cepstral mean normalisation, the classic removal of a fixed
+microphone/channel and of part of the speaker's timbre. It is two graph ops (ReduceMean, Sub),
+so the frontend and the worker stay as they are.
+
 Pooling uses ``ceil_mode`` like Keras ``padding='same'`` (23 frames -> 12).
 """
 
@@ -31,8 +36,12 @@ class LightSERNet(nn.Module):
     LFLB = ((64, (3, 3), (2, 2)), (96, (3, 3), (2, 2)), (128, (3, 3), (2, 1)),
             (160, (3, 3), (2, 1)), (320, (1, 1), None))
 
-    def __init__(self, num_classes: int = 7, path_filters: int = 32, dropout: float = 0.3) -> None:
+    def __init__(self, num_classes: int = 7, path_filters: int = 32, dropout: float = 0.3,
+                 input_norm: str = "none") -> None:
         super().__init__()
+        if input_norm not in ("none", "cmn"):
+            raise ValueError(f"input_norm must be 'none' or 'cmn', not {input_norm!r}")
+        self.input_norm = input_norm
         self.paths = nn.ModuleList(
             nn.Sequential(*conv_bn_relu(1, path_filters, k), pool((2, 2))) for k in self.PATH_KERNELS)
         layers: list[nn.Module] = []
@@ -47,6 +56,8 @@ class LightSERNet(nn.Module):
         self.classifier = nn.Linear(cin, num_classes)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.input_norm == "cmn":
+            features = features - features.mean(dim=1, keepdim=True)
         x = features.unsqueeze(1)  # (B, 1, T, F)
         x = torch.cat([path(x) for path in self.paths], dim=1)
         x = self.body(x)

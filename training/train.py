@@ -123,7 +123,8 @@ def train(data: FeatureSet, labels: np.ndarray, utt_ids: np.ndarray, num_classes
     gen = torch.Generator().manual_seed(cfg.seed)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if cfg.device == "auto" else cfg.device))
-    model = LightSERNet(num_classes, dropout=cfg.dropout).to(device, memory_format=torch.channels_last)
+    model = LightSERNet(num_classes, dropout=cfg.dropout, input_norm=cfg.input_norm)
+    model = model.to(device, memory_format=torch.channels_last)
     ema = copy.deepcopy(model) if cfg.ema_decay else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     weight = None
