@@ -27,6 +27,7 @@ class TrainConfig:
     freq_mask_bins: int = 5
     augment: bool = False             # sample waveform-augmentation variants, not only clean
     clean_prob: float = 0.4
+    aug_variants: str = ""            # comma-separated variants to sample from; "" = all cached
     random_crop: bool = False         # a random window of the utterance, not the first/centre one
     ema_decay: float = 0.0
     dropout: float = 0.3
@@ -38,10 +39,20 @@ class TrainConfig:
     def __post_init__(self) -> None:
         choices = {"schedule": ("paper", "onecycle"), "loss": ("ce", "focal"),
                    "input_norm": ("none", "cmn")}
+        from training.augment import VARIANTS
+
+        unknown = set(self.aug_variant_names) - set(VARIANTS) - {"clean"}
+        if unknown:
+            raise ValueError(f"aug_variants: unknown {', '.join(sorted(unknown))}; choose from "
+                             f"{', '.join(v for v in VARIANTS if v != 'clean')}")
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, "
                                  f"not {getattr(self, name)!r}")
+
+    @property
+    def aug_variant_names(self) -> tuple[str, ...]:
+        return tuple(v.strip() for v in self.aug_variants.split(",") if v.strip())
 
     def to_dict(self) -> dict:
         return asdict(self)

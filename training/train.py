@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from training.augment import VARIANTS
 from training.config import PRESETS, TrainConfig, preset  # noqa: F401  (re-exported)
 from training.features import FeatureSet
 from training.model import LightSERNet
@@ -86,10 +87,14 @@ class EpochSampler:
         self.rng = np.random.default_rng(seed)
         self.cfg = cfg
         clean = data.variant == 0
+        augmented = ~clean
+        if cfg.aug_variant_names:  # variant indices follow the cache's order (VARIANTS)
+            chosen = [list(VARIANTS).index(v) for v in cfg.aug_variant_names if v != "clean"]
+            augmented = np.isin(data.variant, chosen)
         self.by_utt: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for u in utt_ids:
             rows = np.flatnonzero(data.utt == u)
-            self.by_utt[int(u)] = (rows[clean[rows]], rows[~clean[rows]])
+            self.by_utt[int(u)] = (rows[clean[rows]], rows[augmented[rows]])
         self.utt_ids = np.asarray(utt_ids)
 
     def epoch(self) -> np.ndarray:

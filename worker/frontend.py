@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.fft
 from scipy.fft import dct
 
 INPUT_TYPES = ("mfcc", "mel", "spectrogram")
@@ -159,14 +161,42 @@ def dct_matrix(num_mel_bins: int = 128, num_mfcc: int = 40) -> np.ndarray:
     return out
 
 
+def top_k_count(n: int, percentile: float) -> int:
+    """How many of the largest of ``n`` values decide numpy's linear ``percentile``."""
+    lo = int(math.floor(percentile / 100.0 * (n - 1)))
+    return n - lo
+
+
+def percentile_from_top(candidates: np.ndarray, n: int, percentile: float) -> float:
+    """numpy's linear-interpolated ``percentile`` of ``n`` values, given a superset of their
+    ``top_k_count(n, percentile)`` largest values (``candidates``, any order; all ``n`` values
+    will do). Two order statistics from one ``np.partition``: ~2x cheaper than
+    ``np.percentile`` on a whole window, and the streaming frontend's candidate subsets give the
+    same two values, so both paths compute the identical gain."""
+    k = top_k_count(n, percentile)
+    m = candidates.shape[0]
+    virtual = percentile / 100.0 * (n - 1)
+    lo = int(math.floor(virtual))
+    frac = virtual - lo
+    if k == 1:  # the maximum itself
+        return float(candidates.max())
+    part = np.partition(candidates, (m - k, m - k + 1))
+    a, b = float(part[m - k]), float(part[m - k + 1])
+    return a + (b - a) * frac if frac < 0.5 else b - (b - a) * (1.0 - frac)
+
+
+def gain_from_peak(peak: float) -> float:
+    """The gain that maps ``peak`` to 1; 1.0 for silence (peak < 1e-8) or a non-finite peak."""
+    if not math.isfinite(peak) or peak < 1e-8:
+        return 1.0
+    return 1.0 / peak
+
+
 def peak_scale(samples: np.ndarray, percentile: float = 99.9) -> float:
     """Gain that maps the ``percentile``-th percentile of ``|samples|`` to 1 (1.0 for silence)."""
     if samples.size == 0:
         return 1.0
-    peak = float(np.percentile(np.abs(samples), percentile))
-    if not np.isfinite(peak) or peak < 1e-8:
-        return 1.0
-    return 1.0 / peak
+    return gain_from_peak(percentile_from_top(np.abs(samples), samples.size, percentile))
 
 
 def frames(samples: np.ndarray, frame_length: int = 1024, hop_length: int = 256) -> np.ndarray:
@@ -177,8 +207,15 @@ def frames(samples: np.ndarray, frame_length: int = 1024, hop_length: int = 256)
 
 
 def magnitude_spectrum(frames_: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
+    """|rFFT| of Hann-windowed frames, in float32 throughout.
+
+    ``scipy.fft`` transforms float32 in single precision (``numpy.fft`` always works in float64);
+    for a 3 s window that is ~8x faster at batch 184 frames and differs by < 1e-6 relative.
+    Each frame's transform is independent of how many frames share the call (tested), so batched
+    and streaming callers get bit-identical rows.
+    """
     windowed = frames_.astype(np.float32, copy=False) * hann_periodic(cfg.frame_length)
-    return np.abs(np.fft.rfft(windowed, n=cfg.fft_length, axis=-1)).astype(np.float32)
+    return np.abs(scipy.fft.rfft(windowed, n=cfg.fft_length, axis=-1, workers=1))
 
 
 def mel_energies(samples: np.ndarray, cfg: FrontendConfig) -> np.ndarray:

@@ -37,28 +37,10 @@ import math
 
 import numpy as np
 
-from worker.frontend import FrontendConfig, features_from_mel, mel_energies, window_features
+from worker.frontend import (FrontendConfig, features_from_mel, gain_from_peak, mel_energies,
+                             percentile_from_top, top_k_count, window_features)
 
-
-def top_k_count(n: int, percentile: float) -> int:
-    """How many of the largest values of ``n`` decide numpy's linear ``percentile``."""
-    lo = int(math.floor(percentile / 100.0 * (n - 1)))
-    return n - lo
-
-
-def percentile_from_top(candidates: np.ndarray, n: int, percentile: float) -> float:
-    """numpy's linear-interpolated ``percentile`` of ``n`` values, given a superset of their
-    ``top_k_count(n, percentile)`` largest values (``candidates``, any order)."""
-    k = top_k_count(n, percentile)
-    m = candidates.shape[0]
-    virtual = percentile / 100.0 * (n - 1)
-    lo = int(math.floor(virtual))
-    frac = virtual - lo
-    if k == 1:  # the maximum itself
-        return float(candidates.max())
-    part = np.partition(candidates, (m - k, m - k + 1))
-    a, b = float(part[m - k]), float(part[m - k + 1])
-    return a + (b - a) * frac if frac < 0.5 else b - (b - a) * (1.0 - frac)
+__all__ = ["StreamingFrontend", "WindowMelCache", "percentile_from_top", "top_k_count"]
 
 
 class StreamingFrontend:
@@ -213,10 +195,7 @@ class StreamingFrontend:
         k = min(self.k, firsts.shape[0])
         bound = np.partition(firsts, firsts.shape[0] - k)[firsts.shape[0] - k]
         candidates = np.concatenate([tops[tops >= bound], tail[tail >= bound]])
-        peak = percentile_from_top(candidates, self.n, self.cfg.peak_percentile)
-        if not np.isfinite(peak) or peak < 1e-8:
-            return 1.0
-        return 1.0 / peak
+        return gain_from_peak(percentile_from_top(candidates, self.n, self.cfg.peak_percentile))
 
 
 class WindowMelCache:
