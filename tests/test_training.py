@@ -192,6 +192,11 @@ def test_short_mode_cv_reports_pooled_metrics_and_plots(emodb_root, tmp_path):
     assert [f["speaker"] for f in summary["folds"]] == ["03", "10"]
     assert sum(f["n"] for f in summary["folds"]) == 49 + 38
     assert (out / "folds" / "03" / "model.int8.onnx").is_file()
+    channels = summary["metrics"]["int8_channels"]
+    assert list(channels) == ["clean", "telephone", "noisy"]
+    assert channels["clean"]["ua"] == summary["metrics"]["int8"]["ua"]
+    assert all(0 <= m["ua"] <= 100 for m in channels.values())
+    assert "telephone" in (out / "cv_table.md").read_text()
 
 
 def test_cv_rejects_unknown_speaker(emodb_root, tmp_path):

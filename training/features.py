@@ -72,10 +72,14 @@ def _key(kind: str, utterances: list[Utterance], cfg: FrontendConfig, extra: dic
 def build(utterances: list[Utterance], cfg: FrontendConfig, kind: str = "train",
           variants: tuple[str, ...] = tuple(VARIANTS), train_hop_s: float = 0.25,
           eval_hop_s: float = 1.0, max_shifts: int = 4, seed: int = 0,
-          cache_dir: Path | None = DEFAULT_CACHE, progress: bool = True) -> FeatureSet:
-    """Compute (or load from cache) the ``train`` or ``eval`` windows of ``utterances``."""
+          cache_dir: Path | None = DEFAULT_CACHE, progress: bool = True,
+          eval_variant: str = "clean") -> FeatureSet:
+    """Compute (or load from cache) the ``train`` or ``eval`` windows of ``utterances``.
+
+    ``eval`` windows are of one variant: ``clean`` (the corpus as recorded), or a channel
+    (``telephone``, ``noisy``) to measure how a model holds up on audio unlike its training."""
     if kind == "eval":
-        variants = ("clean",)
+        variants = (eval_variant,)
     extra = {"variants": list(variants), "train_hop_s": train_hop_s, "eval_hop_s": eval_hop_s,
              "max_shifts": max_shifts, "seed": seed}
     path = None
