@@ -78,8 +78,11 @@ def render(manifest: dict) -> str:
             "| model | UA % | WA % | macro-F1 % |", "|---|---|---|---|",
             _row("fp32", cv["fp32"]), _row("int8", cv["int8"]),
             "",
-            f"int8 vs fp32 agreement, worst fold: {cv.get('int8_agreement_min_fold')} % of windows. "
-            "Per-fold table: [cv_table.md](cv_table.md).",
+            f"int8 vs fp32 agreement, worst fold: {cv.get('int8_agreement_min_fold')} % of windows"
+            + (" (target >= 98 % in every fold: met)." if (cv.get("int8_agreement_min_fold") or 0) >= 98
+               else " (target >= 98 % in every fold: missed; a fold holds 38-71 utterances, "
+                    "46-118 windows at a 1 s hop, so one window is 0.8-2.2 %).")
+            + " Per-fold table: [cv_table.md](cv_table.md).",
             "",
             (f"This is below the project's target of 85 % int8 UA: the recipe ran "
              f"{cv.get('train_config', {}).get('epochs', '?')} epochs per fold on a shared 2-core "

@@ -62,8 +62,8 @@ PRESETS: dict[str, TrainConfig] = {
     "paper": TrainConfig(),
     "robust": TrainConfig(epochs=40, lr=2e-3, schedule="onecycle", weight_decay=1e-6,
                           label_smoothing=0.1, class_balanced=True, mixup_alpha=0.2,
-                          time_masks=2, freq_masks=2, augment=True, clean_prob=0.7,
-                          random_crop=True, ema_decay=0.99),
+                          time_masks=2, freq_masks=2, augment=True, random_crop=True,
+                          ema_decay=0.99),
 }
 
 
