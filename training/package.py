@@ -25,10 +25,22 @@ FUSED = "light-sernet.fused.fp32.onnx"
 CARD = "MODEL_CARD.md"
 
 
-def code_version() -> str:
+def code_version(exclude: Path | None = None) -> str:
+    """``git describe --always``, ``-dirty`` when tracked files changed -- except under
+    ``exclude`` (the artifact folder being written, which is not code)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
     try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT,
-                              capture_output=True, text=True, check=True).stdout.strip()
+        version = git("describe", "--always")
+        spec = ["--", "."]
+        if exclude is not None:
+            try:
+                spec.append(f":(exclude){Path(exclude).resolve().relative_to(REPO_ROOT)}")
+            except ValueError:
+                pass  # outside the repository
+        return version + ("-dirty" if git("status", "--porcelain", "--untracked-files=no", *spec) else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -91,7 +103,7 @@ def build_artifact(ckpt_path: Path, utterances: list[Utterance], out_dir: Path,
                      "speakers": blob.get("speakers"), "data_fingerprint": blob.get("data_fingerprint"),
                      "train_config": blob["train_config"],
                      "train_seconds": round(blob.get("train_seconds", 0.0), 1)},
-        "code_version": code_version(),
+        "code_version": code_version(exclude=out_dir),
         "metrics": {},
     }
     if cv_report is not None and Path(cv_report).is_file():
