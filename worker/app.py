@@ -422,13 +422,14 @@ def load_model(settings: Settings):
 
 
 def patch_fetch_max_wait() -> None:
-    """Let ``app.sernet_fetch_max_wait_ms`` set the worker consumer's ``fetch_max_wait_ms``.
+    """Let ``app.sernet_fetch_max_wait_ms`` / ``app.sernet_fetch_min_bytes`` set the worker
+    consumer's ``fetch_max_wait_ms`` / ``fetch_min_bytes``.
 
     faust-streaming hard-codes ``fetch_max_wait_ms=1500`` in
-    ``AIOKafkaConsumerThread._create_worker_consumer``, and tansu holds a fetch for the whole
-    wait when no data is there: a latency floor of ~750 ms on average. The consumer is built
-    there and started later, so setting aiokafka's attribute before ``start()`` is enough.
-    Idempotent; apps without the attribute keep Faust's value."""
+    ``AIOKafkaConsumerThread._create_worker_consumer`` (and offers no ``fetch_min_bytes``), and
+    tansu holds a fetch for the whole wait when no data is there: a latency floor of ~750 ms on
+    average. The consumer is built there and started later, so setting aiokafka's attributes
+    before ``start()`` is enough. Idempotent; apps without the attributes keep Faust's values."""
     from faust.transport.drivers import aiokafka as driver
 
     cls = driver.AIOKafkaConsumerThread
@@ -441,6 +442,9 @@ def patch_fetch_max_wait() -> None:
         wait_ms = getattr(self.app, "sernet_fetch_max_wait_ms", None)
         if wait_ms is not None:
             consumer._fetch_max_wait_ms = int(wait_ms)
+        min_bytes = getattr(self.app, "sernet_fetch_min_bytes", None)
+        if min_bytes is not None:
+            consumer._fetch_min_bytes = int(min_bytes)
         return consumer
 
     cls._create_worker_consumer = _create_worker_consumer
@@ -490,6 +494,7 @@ def create_app(settings: Settings, model_bundle=None):
     app.sernet_pipeline = pipeline  # for tests and tools
     patch_fetch_max_wait()
     app.sernet_fetch_max_wait_ms = settings.fetch_max_wait_ms
+    app.sernet_fetch_min_bytes = settings.fetch_min_bytes
 
     @app.agent(audio, name="sernet-windows", concurrency=1)
     async def consume(stream):
