@@ -130,6 +130,19 @@ def test_int8_quantization_agrees_with_fp32_on_a_small_trained_model(emodb_root,
     assert agreement(p32, p8) >= 0.95              # int8 follows fp32
     assert int8.stat().st_size < 0.3 * fp32.stat().st_size
 
+    # the shipped recipe keeps the candidate calibration that agrees best on the check windows
+    from training.export import quantize_selected
+
+    half = len(x) // 2
+    kept, info = quantize_selected(fp32, tmp_path / "sel.onnx", data.features, np.arange(half),
+                                   np.arange(half, len(x)), candidates=3, calib_windows=64)
+    assert info["candidates"] == 3 and len(info["check_agreement"]) == 3
+    assert info["check_agreement"][info["picked"]] == max(info["check_agreement"])
+    check = x[half:]
+    assert round(100 * agreement(ort_scores(fp32, check), ort_scores(kept, check)), 2) == max(
+        info["check_agreement"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m8.onnx", "sel.onnx"]
+
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory, emodb_root):

@@ -94,22 +94,24 @@ def run_fold(job: FoldJob, queue=None) -> dict:
 def int8_eval(fold_dir: Path, fp32_path: Path, tr, train_ids: np.ndarray, test_feats: np.ndarray,
               test_utt: np.ndarray, pooled_fp32: np.ndarray, seed: int,
               p32_reference: np.ndarray | None = None) -> dict:
-    """Quantize a fold's fp32 ONNX with the shipped recipe (calibrated on 256 clean windows of
-    the fold's training speakers only) and score both on the test speaker's windows."""
-    from training.export import agreement, ort_scores, quantize_model
+    """Quantize a fold's fp32 ONNX with the shipped recipe (calibration chosen among candidate
+    sets of clean windows by agreement on augmented windows, all of the fold's training speakers
+    only: :func:`training.export.quantize_selected`) and score both on the test speaker."""
+    from training.export import agreement, ort_scores, quantize_selected
     from training.train import pool_by_utterance
 
-    rng = np.random.default_rng(seed)
-    calib_rows = np.flatnonzero(np.isin(tr.utt, train_ids) & (tr.variant == 0))
-    calib = tr.features[np.sort(rng.choice(calib_rows, size=min(256, len(calib_rows)), replace=False))]
-    int8_path = quantize_model(fp32_path, fold_dir / "model.int8.onnx", calib.astype(np.float32))
+    train_rows = np.isin(tr.utt, train_ids)
+    int8_path, selection = quantize_selected(
+        fp32_path, fold_dir / "model.int8.onnx", tr.features,
+        np.flatnonzero(train_rows & (tr.variant == 0)), np.flatnonzero(train_rows & (tr.variant != 0)),
+        seed=seed)
     p32 = ort_scores(fp32_path, test_feats)
     p8 = ort_scores(int8_path, test_feats)
     _, pooled8 = pool_by_utterance(p8, test_utt)
     out = {"int8_probs": pooled8.round(6).tolist(),
            "int8_agreement_windows": agreement(p32, p8),
            "int8_agreement_utterances": agreement(pooled_fp32, pooled8),
-           "int8_bytes": int8_path.stat().st_size}
+           "int8_bytes": int8_path.stat().st_size, "int8_calibration": selection}
     if p32_reference is not None:
         out["onnx_fp32_max_abs_diff"] = float(np.abs(p32 - p32_reference).max())
     return out
@@ -161,7 +163,7 @@ def requantize(utterances: list[Utterance], frontend: FrontendConfig, out_dir: P
                            ev.utt[rows], np.asarray(r["fp32_probs"]), seed))
         r["channel_int8_probs"] = channel_eval(utterances, frontend, fold_dir / "model.int8.onnx",
                                                np.flatnonzero(spk == r["speaker"]), cache_dir)
-        r["int8_recipe"] = "quantize_model"
+        r["int8_recipe"] = "quantize_selected"
         result_path.write_text(json.dumps(r))
         done.append(r["speaker"])
     return done

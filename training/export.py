@@ -9,7 +9,9 @@ int8 recipe (:func:`quantize_model`, what the artifact and every CV fold ship):
    activations calibrated (MinMax) on training windows;
 4. the three input convolutions stay fp32: quantizing the MFCC input to uint8 (step ~0.08 over
    +-10) flipped 5-22 % of a fold's predictions; kept in fp32 agreement is ~100 % (they are
-   4 % of the MACs).
+   4 % of the MACs);
+5. (:func:`quantize_selected`) four seeded calibration sets, keeping the int8 model that agrees
+   best with fp32 on augmented training windows.
 """
 
 from __future__ import annotations
@@ -129,6 +131,39 @@ def quantize_model(fp32_path: str | Path, int8_path: str | Path, calibration: np
     quantize_int8(fp32_path, int8_path, calibration, pools_as_depthwise=True,
                   nodes_to_exclude=input_conv_names(fp32_path))
     return compact_names(int8_path)
+
+
+def quantize_selected(fp32_path: str | Path, int8_path: str | Path, windows: np.ndarray,
+                      clean_rows: np.ndarray, check_rows: np.ndarray, seed: int = 0,
+                      candidates: int = 4, calib_windows: int = 256,
+                      check_windows: int = 2048) -> tuple[Path, dict]:
+    """:func:`quantize_model` with its calibration set chosen on training data only.
+
+    ``candidates`` calibration sets of ``calib_windows`` clean windows (``clean_rows`` of
+    ``windows``, seeds ``seed .. seed + candidates - 1``; the first is the single-set recipe's)
+    each give an int8 model; the one whose argmax agrees best with fp32 on ``check_windows``
+    other training windows (``check_rows``: the augmented variants -- telephone, noise, speed --
+    harder than clean speech) is kept. Measured on 20 CV fold models: mean held-out agreement
+    98.70 -> 99.00 %, no fold worse than its worst candidate; the test speaker is never used.
+    """
+    check = windows[np.sort(np.random.default_rng(seed + 123).choice(
+        check_rows, size=min(check_windows, len(check_rows)), replace=False))].astype(np.float32)
+    p32 = ort_scores(fp32_path, check)
+    int8_path = Path(int8_path)
+    scores_, best = [], None
+    with tempfile.TemporaryDirectory(dir=int8_path.parent) as tmp:
+        for k in range(max(1, candidates)):
+            rows = np.sort(np.random.default_rng(seed + k).choice(
+                clean_rows, size=min(calib_windows, len(clean_rows)), replace=False))
+            path = quantize_model(fp32_path, Path(tmp) / f"candidate{k}.onnx",
+                                  windows[rows].astype(np.float32))
+            scores_.append(agreement(p32, ort_scores(path, check)))
+            if best is None or scores_[-1] > scores_[best]:
+                best = k
+        Path(tmp, f"candidate{best}.onnx").replace(int8_path)
+    return int8_path, {"candidates": len(scores_), "picked": best, "calibration_windows":
+                       min(calib_windows, len(clean_rows)), "check_windows": len(check),
+                       "check_agreement": [round(100 * a, 2) for a in scores_]}
 
 
 def compact_names(path: str | Path) -> Path:

@@ -12,7 +12,7 @@ import numpy as np
 
 from training import checkpoint, features
 from training.corpora import Utterance
-from training.export import agreement, export_onnx, ort_scores, quantize_model
+from training.export import agreement, export_onnx, ort_scores, quantize_selected
 from training.model import count_mflops, count_parameters
 from worker.artifact import REPO_ROOT, write_manifest
 from worker.frontend import FrontendConfig
@@ -57,10 +57,10 @@ def build_artifact(ckpt_path: Path, utterances: list[Utterance], out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     export_onnx(model, out_dir / FP32, cfg.input_shape)
     tr = features.build(utterances, cfg, "train", progress=False)
-    rng = np.random.default_rng(0)
-    clean = np.flatnonzero(tr.variant == 0)
-    calib = tr.features[rng.choice(clean, size=min(calib_windows, len(clean)), replace=False)]
-    quantize_model(out_dir / FP32, out_dir / INT8, calib.astype(np.float32))
+    _, selection = quantize_selected(out_dir / FP32, out_dir / INT8, tr.features,
+                                     np.flatnonzero(tr.variant == 0), np.flatnonzero(tr.variant != 0),
+                                     seed=blob["train_config"].get("seed", 0),
+                                     calib_windows=calib_windows)
     ev = features.build(utterances, cfg, "eval", progress=False)
     p32 = ort_scores(out_dir / FP32, ev.features)
     p8 = ort_scores(out_dir / INT8, ev.features)
@@ -93,11 +93,16 @@ def build_artifact(ckpt_path: Path, utterances: list[Utterance], out_dir: Path,
                   "parameters": count_parameters(model),
                   "mflops_per_window": round(count_mflops(model, cfg.input_shape), 1)},
         "quantization": {"format": "QDQ static", "ops": ["Conv", "Gemm"],
-                         "recipe": "training.export.quantize_model: exact average pools as depthwise "
+                         "recipe": "training.export.quantize_selected: exact average pools as depthwise "
                                    "convs, BN folded, input convs kept fp32",
                          "weights": "int8 per-channel symmetric",
-                         "activations": "uint8 asymmetric, MinMax", "calibration_windows": len(calib),
-                         "calibration_data": "clean training windows",
+                         "activations": "uint8 asymmetric, MinMax",
+                         "calibration_windows": selection["calibration_windows"],
+                         "calibration_data": "clean training windows; the set (of "
+                                             f"{selection['candidates']} seeded candidates) whose "
+                                             "int8 model agrees best with fp32 on augmented "
+                                             "training windows",
+                         "calibration_selection": selection,
                          "agreement_with_fp32_on_training_windows": round(agree, 2)},
         "training": {"corpus": "EMO-DB", "utterances": blob.get("n_utterances"),
                      "speakers": blob.get("speakers"), "data_fingerprint": blob.get("data_fingerprint"),
