@@ -203,3 +203,28 @@ def test_chunk_size_does_not_change_events_8khz(bundle):
     for x, y in zip(a, b):
         assert x.event_id == y.event_id
         assert max(abs(x.scores[k] - y.scores[k]) for k in x.scores) < 1e-4
+
+
+def test_unconfirmed_delivery_is_sent_again_not_awaited_forever(bundle, monkeypatch):
+    """A send whose future never resolves (seen after a broker restart) is re-sent after the
+    delivery timeout instead of blocking the worker; a delivered one is not re-sent."""
+    import worker.app as app_module
+
+    monkeypatch.setattr(app_module, "DELIVERY_TIMEOUT_S", 0.05)
+    h = Harness(bundle)
+    calls: list[bytes] = []
+
+    async def send(topic, key, value):
+        calls.append(value)
+        fut = asyncio.get_running_loop().create_future()
+        if value == b"ok" or calls.count(value) > 1:
+            fut.set_result(None)  # delivered (the hung one: on its second send)
+        return fut                # else: never resolved
+
+    h.pipeline.send = send
+
+    async def go():
+        await asyncio.wait_for(h.pipeline._publish([("t", b"k", b"hung"), ("t", b"k", b"ok")]), 5)
+
+    asyncio.run(go())
+    assert calls == [b"hung", b"ok", b"hung"]

@@ -61,6 +61,7 @@ SendFn = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[Any]]]
 
 GAUGE_PERIOD_S = 0.5  # live speakers / buffered audio / uncommitted gauges refresh
 SHUTDOWN_DRAIN_S = 10.0  # longest wait for pending windows at SIGTERM (k8s grace: 30 s)
+DELIVERY_TIMEOUT_S = 30.0  # a delivery not confirmed by then is sent again (at-least-once)
 
 
 class KeyMismatch(SchemaError):
@@ -317,7 +318,11 @@ class Pipeline:
                 except Exception as exc:  # enqueue failed: retry this one
                     futures.append(None)
                     results.append((len(futures) - 1, exc))
-            waited = await asyncio.gather(*(f for f in futures if f is not None), return_exceptions=True)
+            sent = [f for f in futures if f is not None]
+            # a delivery future can stay unresolved after a broker restart (seen once in CI:
+            # the agent then blocked for good): bound the wait, send the unconfirmed ones again
+            late = (await asyncio.wait(sent, timeout=DELIVERY_TIMEOUT_S))[1] if sent else set()
+            waited = [_delivery_outcome(f, late) for f in sent]
             it = iter(waited)
             outcome = [next(it) if f is not None else None for f in futures]
             for i, exc in results:
@@ -386,6 +391,15 @@ class Pipeline:
         self.offsets.revoke(tps)
         log.info("partitions_revoked", partitions=len(tps), speakers_dropped=dropped)
         self._gauges(force=True)
+
+
+def _delivery_outcome(fut: asyncio.Future, late: set) -> Any:
+    """A send future's result, or the exception that makes :meth:`Pipeline._publish` retry it."""
+    if fut in late:
+        return TimeoutError(f"delivery not confirmed within {DELIVERY_TIMEOUT_S:g} s")
+    if fut.cancelled():
+        return asyncio.CancelledError("delivery cancelled")
+    return fut.exception() or fut.result()
 
 
 # --------------------------------------------------------------------------- Faust app
