@@ -61,7 +61,7 @@ SendFn = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[Any]]]
 
 GAUGE_PERIOD_S = 0.5  # live speakers / buffered audio / uncommitted gauges refresh
 SHUTDOWN_DRAIN_S = 10.0  # longest wait for pending windows at SIGTERM (k8s grace: 30 s)
-DELIVERY_TIMEOUT_S = 30.0  # a delivery not confirmed by then is sent again (at-least-once)
+DELIVERY_TIMEOUT_S = 15.0  # a send not enqueued/confirmed by then is sent again (at-least-once)
 
 
 class KeyMismatch(SchemaError):
@@ -311,16 +311,17 @@ class Pipeline:
             results: list[Any] = []
             futures = []
             for topic, key, value in pending:
-                try:
-                    futures.append(await self.send(topic, key, value))
+                try:  # bounded: Faust's send may wait up to its producer request timeout (20 min)
+                    futures.append(await asyncio.wait_for(self.send(topic, key, value),
+                                                          DELIVERY_TIMEOUT_S))
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # enqueue failed: retry this one
                     futures.append(None)
                     results.append((len(futures) - 1, exc))
             sent = [f for f in futures if f is not None]
-            # a delivery future can stay unresolved after a broker restart (seen once in CI:
-            # the agent then blocked for good): bound the wait, send the unconfirmed ones again
+            # a send that stays unconfirmed must not block the agent for good: bound the wait
+            # and send the unconfirmed ones again
             late = (await asyncio.wait(sent, timeout=DELIVERY_TIMEOUT_S))[1] if sent else set()
             waited = [_delivery_outcome(f, late) for f in sent]
             it = iter(waited)
