@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from training.augment import VARIANTS
+from training.config import variant_names
+
 
 def _row(name: str, m: dict) -> str:
     return f"| {name} | {m['ua']:.2f} | {m['wa']:.2f} | {m['f1']:.2f} |"
@@ -22,8 +25,7 @@ def robustness(tc: dict) -> str:
     """What the recipe does for speakers, languages and microphones it never heard."""
     parts = []
     if tc.get("augment"):
-        chosen = [v.strip() for v in (tc.get("aug_variants") or "").split(",") if v.strip()]
-        chosen = chosen or list(VARIANT_TEXT)
+        chosen = variant_names(tc.get("aug_variants") or "") or [v for v in VARIANTS if v != "clean"]
         parts.append(f"every epoch draws each utterance clean with probability "
                      f"{tc.get('clean_prob', 0.4):g}, otherwise as one of these waveform variants "
                      "(" + "; ".join(VARIANT_TEXT.get(v, v) for v in chosen) + ")")

@@ -6,6 +6,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 
+INPUT_NORMS = ("none", "cmn")  # LightSERNet's input normalisations
+
+
+def variant_names(text: str) -> tuple[str, ...]:
+    """The augmentation variants named in a comma-separated ``aug_variants`` ("" = none named)."""
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 300
@@ -38,7 +46,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         choices = {"schedule": ("paper", "onecycle"), "loss": ("ce", "focal"),
-                   "input_norm": ("none", "cmn")}
+                   "input_norm": INPUT_NORMS}
         from training.augment import VARIANTS
 
         unknown = set(self.aug_variant_names) - set(VARIANTS) - {"clean"}
@@ -52,7 +60,7 @@ class TrainConfig:
 
     @property
     def aug_variant_names(self) -> tuple[str, ...]:
-        return tuple(v.strip() for v in self.aug_variants.split(",") if v.strip())
+        return variant_names(self.aug_variants)
 
     def to_dict(self) -> dict:
         return asdict(self)

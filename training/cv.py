@@ -158,11 +158,12 @@ def requantize(utterances: list[Utterance], frontend: FrontendConfig, out_dir: P
         if not fp32_path.is_file():
             continue
         train_ids = np.flatnonzero(spk != r["speaker"])
-        rows = np.isin(ev.utt, np.flatnonzero(spk == r["speaker"]))
+        test_ids = np.flatnonzero(spk == r["speaker"])
+        rows = np.isin(ev.utt, test_ids)
         r.update(int8_eval(fold_dir, fp32_path, tr, train_ids, ev.features[rows].astype(np.float32),
                            ev.utt[rows], np.asarray(r["fp32_probs"]), seed))
         r["channel_int8_probs"] = channel_eval(utterances, frontend, fold_dir / "model.int8.onnx",
-                                               np.flatnonzero(spk == r["speaker"]), cache_dir)
+                                               test_ids, cache_dir)
         r["int8_recipe"] = "quantize_selected"
         result_path.write_text(json.dumps(r))
         done.append(r["speaker"])

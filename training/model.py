@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from training.config import INPUT_NORMS
+
 
 def conv_bn_relu(cin: int, cout: int, kernel: tuple[int, int]) -> list[nn.Module]:
     padding = (kernel[0] // 2, kernel[1] // 2)
@@ -39,8 +41,8 @@ class LightSERNet(nn.Module):
     def __init__(self, num_classes: int = 7, path_filters: int = 32, dropout: float = 0.3,
                  input_norm: str = "none") -> None:
         super().__init__()
-        if input_norm not in ("none", "cmn"):
-            raise ValueError(f"input_norm must be 'none' or 'cmn', not {input_norm!r}")
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {', '.join(INPUT_NORMS)}, not {input_norm!r}")
         self.input_norm = input_norm
         self.paths = nn.ModuleList(
             nn.Sequential(*conv_bn_relu(1, path_filters, k), pool((2, 2))) for k in self.PATH_KERNELS)
