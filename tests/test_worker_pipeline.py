@@ -228,3 +228,32 @@ def test_unconfirmed_delivery_is_sent_again_not_awaited_forever(bundle, monkeypa
 
     asyncio.run(go())
     assert calls == [b"hung", b"ok", b"hung"]
+
+
+def test_revoked_partition_replay_of_finished_speaker_is_scored_again(bundle):
+    """A speaker that ended just before its partition was revoked: the new assignment replays
+    its uncommitted chunks (the broker lost the commit, as tansu's in-memory restart does) and
+    they must be scored again, not dropped as late duplicates of the finished stream."""
+    rng = np.random.default_rng(3)
+    audio = (0.2 * rng.standard_normal(int(3.5 * SR))).astype(np.float32)
+    chunks = chunks_of(audio, "s", "done", chunk_s=0.5)
+    want = len(expected_windows(len(audio), bundle[1], 1.0))
+    h = Harness(bundle)
+
+    async def run():
+        h.pipeline.start()
+        for c in chunks:
+            await h.feed(c, partition=1)
+        await h.settle()
+        assert len(h.events()) == want
+        h.pipeline.on_revoked({("sernet.audio", 1)})
+        h.offsets[1] = 0  # the new assignment starts again at the first uncommitted offset
+        for c in chunks:
+            await h.feed(c, partition=1)
+        await h.settle()
+        await h.pipeline.stop()
+
+    asyncio.run(run())
+    events = h.events()
+    assert len(events) == 2 * want  # at-least-once: the replay is scored again
+    assert {e.event_id for _, e in events[:want]} == {e.event_id for _, e in events[want:]}

@@ -260,14 +260,14 @@ class Pipeline:
                 self.metrics.window_flags.labels("gap").inc()
             if not window.speech:
                 self.metrics.window_flags.labels("no_speech").inc()
-            if window.final:
-                self.speaker_tp.pop(window.key, None)
             await self.scorer.put(window)
-        if len(self.speaker_tp) > 2 * len(self.windower) + 64:
-            # speakers flushed without a final window (nothing after their last full window):
-            # forget them here, amortised, so the map stays bounded by the live-speaker cap
-            live = self.windower.speakers
-            self.speaker_tp = {k: tp for k, tp in self.speaker_tp.items() if k in live}
+        # A finished speaker keeps its partition here as long as the windower remembers it:
+        # on a revoke that memory must go too, or the new assignment's replay of its
+        # uncommitted chunks would be dropped as late duplicates (events lost). Pruned,
+        # amortised, to the speakers the windower still knows (live or remembered).
+        if len(self.speaker_tp) > 2 * (len(self.windower) + len(self.windower.finished)) + 64:
+            known = self.windower.speakers.keys() | self.windower.finished.keys()
+            self.speaker_tp = {k: tp for k, tp in self.speaker_tp.items() if k in known}
         self._gauges()
 
     def _release(self, token) -> None:
