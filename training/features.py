@@ -27,7 +27,7 @@ from training.corpora import Utterance
 from worker.audio import load_mono_16k
 from worker.frontend import FrontendConfig, normalised_window_features, peak_scale, window_starts
 
-CACHE_VERSION = 3  # 3: float32 scipy.fft frontend
+CACHE_VERSION = 4  # 3: float32 scipy.fft frontend; 4: sparse mel filterbank (~1e-7 relative)
 DEFAULT_CACHE = Path(__file__).resolve().parent.parent / ".cache" / "features"
 
 

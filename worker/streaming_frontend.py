@@ -83,7 +83,9 @@ class StreamingFrontend:
             raise ValueError(f"expected mono samples, got shape {samples.shape}")
         if samples.size == 0:
             return
-        if not np.all(np.isfinite(samples)):
+        # a NaN or inf makes the sum non-finite: the element-wise check only runs then (a sum
+        # of large finite values can overflow too, which that check clears)
+        if not math.isfinite(float(samples.sum())) and not np.all(np.isfinite(samples)):
             raise ValueError("samples contain NaN or inf")
         self._pending.append(samples)
         self.pushed += samples.shape[0]
