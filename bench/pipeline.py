@@ -78,6 +78,36 @@ class _Sampler:
         self._t.join(2)
 
 
+class _WorkerGroup:
+    """``workers`` real ``sernet worker`` processes in one consumer group, started and stopped
+    together (a fresh start gives a fresh process: its RSS says what that load needs)."""
+
+    def __init__(self, base, workers: int, log_dir: Path, extra_env: dict[str, str] | None) -> None:
+        self.base, self.workers, self.log_dir, self.extra_env = base, workers, log_dir, extra_env
+        self.procs: list = []
+        self.starts = 0
+
+    def start(self) -> list:
+        from worker.broker import free_port
+        from worker.demo import WorkerProcess
+
+        self.stop()
+        self.starts += 1
+        for w in range(self.workers):
+            s = self.base.replace(web_port=free_port())
+            self.procs.append(WorkerProcess(s, log_path=self.log_dir / f"worker{w}-{self.starts}.log",
+                                            extra_env=self.extra_env).start())
+        for p in self.procs:
+            p.wait_ready(120)
+        time.sleep(2.0)  # let the group settle (assignment of all partitions)
+        return self.procs
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+        self.procs = []
+
+
 async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarray,
                 sampler: _Sampler, window_s: float, hop_s: float,
                 lockstep: bool = False) -> dict[str, Any]:
@@ -250,8 +280,7 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
     from sernet.kafka import create_topics_sync
     from sernet.settings import Settings
     from worker.artifact import load_artifact
-    from worker.broker import EmbeddedBroker, free_port
-    from worker.demo import WorkerProcess
+    from worker.broker import EmbeddedBroker
 
     art = load_artifact(artifact_dir)
     window_s, hop_s = art.frontend.window_s, 1.0
@@ -270,15 +299,9 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
                                  dlq_topic=f"bench.dlq.{tag}", consumer_group=f"bench-{tag}",
                                  max_speakers=max(2000, 2 * max_speakers))
         create_topics_sync(base)
-        procs = []
+        group = _WorkerGroup(base, workers, Path(tmp), extra_env)
         try:
-            for w in range(workers):
-                s = base.replace(web_port=free_port())
-                procs.append(WorkerProcess(s, log_path=Path(tmp) / f"worker{w}.log",
-                                           extra_env=extra_env).start())
-            for p in procs:
-                p.wait_ready(120)
-            time.sleep(2.0)  # let the group settle (assignment of all partitions)
+            procs = group.start()
             sampler = _Sampler([p.proc.pid for p in procs])
             with sampler:
                 def step(n: int, size: int) -> dict[str, Any]:
@@ -326,9 +349,26 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
                             for f in (0.25, 0.5, 0.75)}
                     per_size[str(size)] = entry
             result["peak_rss_mb"] = round(sampler.peak_rss / 2**20, 1)
+            group.stop()
+            if not quick and not speakers:
+                # RSS *at* the capacity found: fresh worker(s), one step at that load (the
+                # search's own peak includes the overloaded steps and their backlog)
+                for size in sizes:
+                    good = per_size[str(size)].get("max_speakers_p99_le_250ms")
+                    if not good:
+                        continue
+                    procs = group.start()
+                    with _Sampler([p.proc.pid for p in procs]) as fresh:
+                        r = asyncio.run(_step(base, good, size, audio_s, audio, fresh, window_s,
+                                              hop_s, lockstep))
+                    group.stop()
+                    per_size[str(size)]["at_capacity_fresh_worker"] = {
+                        "speakers": good, "peak_rss_mb": round(fresh.peak_rss / 2**20, 1),
+                        "p99_ms": r["latency_ms"]["p99"], "complete": r["complete"]}
+                    log(f"  fresh worker at N={good}, chunk={size} ms: peak RSS "
+                        f"{fresh.peak_rss / 2**20:.0f} MB, p99 {r['latency_ms']['p99']} ms")
         finally:
-            for p in procs:
-                p.stop()
+            group.stop()
     result["per_chunk_ms"] = per_size
     all_steps = [r for e in per_size.values() for r in e.get("search", e.get("runs", []))]
     if all_steps:
