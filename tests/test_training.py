@@ -91,6 +91,51 @@ def test_focal_loss_down_weights_easy_examples():
     assert focal_loss(logits, target, 0.0, None) == pytest.approx(float(ce))
 
 
+def test_distillation_term_vanishes_only_when_the_student_matches_the_teachers():
+    from training.train import distill_loss, ensemble_logits
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 7, generator=g)
+    assert float(distill_loss(logits, logits, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distill_loss(logits, torch.randn(8, 7, generator=g), 2.0)) > 0.01
+    # the ensemble of two identical teachers is that teacher
+    teacher = torch.nn.Linear(7, 7)
+    x = torch.randn(4, 7, generator=g)
+    assert torch.allclose(ensemble_logits([teacher, teacher], x).softmax(-1), teacher(x).softmax(-1), atol=1e-6)
+
+
+def test_distillation_settings_go_together():
+    from training.config import preset
+
+    with pytest.raises(ValueError, match="go together"):
+        preset("robust", teachers=2)
+    with pytest.raises(ValueError, match="go together"):
+        preset("robust", distill_weight=0.5)
+    cfg = preset("robust", teachers=2, distill_weight=0.7, epochs=3)
+    assert cfg.total_epochs == 9
+
+
+def test_distilled_training_trains_teachers_then_the_student(emodb_root):
+    from training import features
+    from training.corpora import EMODB_LABELS, load_emodb
+    from training.train import preset, train_distilled
+    from worker.frontend import FrontendConfig
+
+    utts = [u for u in load_emodb(emodb_root) if u.speaker in ("03", "10")][:16]
+    data = features.build(utts, FrontendConfig(), "train", cache_dir=None, progress=False,
+                          variants=("clean",))
+    y = np.array([EMODB_LABELS.index(u.label) for u in utts])
+    cfg = preset("robust", epochs=1, threads=1, teachers=2, distill_weight=0.7)
+    seen = []
+    result = train_distilled(data, y, np.arange(len(utts)), 7, cfg,
+                             on_epoch=lambda e, st: seen.append((e, st.get("phase", "student"))))
+    assert seen == [(1, "teacher"), (2, "teacher"), (3, "student")]
+    plain = train_distilled(data, y, np.arange(len(utts)), 7,
+                            preset("robust", epochs=1, threads=1)).model.state_dict()
+    distilled = result.model.state_dict()
+    assert not all(torch.equal(plain[k], distilled[k]) for k in plain)  # the teachers steered it
+
+
 def test_training_is_seeded_and_reproducible(emodb_root):
     from training import features
     from training.corpora import EMODB_LABELS, load_emodb

@@ -40,6 +40,11 @@ def robustness(tc: dict) -> str:
             "The input is peak-normalised, so gain does not matter.")
     if tc.get("random_crop"):
         text += " Every window of each utterance is trained on, not one centre crop."
+    if tc.get("teachers"):
+        text += (f" Distilled (weight {tc['distill_weight']:g}, temperature "
+                 f"{tc.get('distill_temperature', 2.0):g}) from the ensemble of {tc['teachers']} "
+                 "models trained the same way with other seeds, so one model carries what the "
+                 "ensemble learned.")
     return text
 
 

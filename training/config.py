@@ -40,6 +40,9 @@ class TrainConfig:
     ema_decay: float = 0.0
     dropout: float = 0.3
     input_norm: str = "none"          # none | cmn (subtract each window's per-coefficient mean)
+    teachers: int = 0                 # distil from this many models (seeds seed+1..) of the same recipe
+    distill_weight: float = 0.0       # with teachers: weight of the teachers' soft targets
+    distill_temperature: float = 2.0  # softmax temperature of the distillation term
     seed: int = 0
     threads: int = 0                  # torch intra-op threads; 0 = torch default
     device: str = "auto"              # auto (cuda when present) | cpu | cuda
@@ -53,6 +56,15 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"aug_variants: unknown {', '.join(sorted(unknown))}; choose from "
                              f"{', '.join(v for v in VARIANTS if v != 'clean')}")
+        if self.teachers < 0:
+            raise ValueError(f"teachers must be >= 0, not {self.teachers}")
+        if (self.teachers > 0) != (self.distill_weight > 0):
+            raise ValueError("teachers and distill_weight go together: --teachers N needs "
+                             "--distill-weight in (0, 1], and a distill weight needs teachers")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be in [0, 1], not {self.distill_weight}")
+        if self.distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be > 0, not {self.distill_temperature}")
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, "
@@ -61,6 +73,11 @@ class TrainConfig:
     @property
     def aug_variant_names(self) -> tuple[str, ...]:
         return variant_names(self.aug_variants)
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs of all models trained for this config (teachers, then the student)."""
+        return self.epochs * (1 + self.teachers)
 
     def to_dict(self) -> dict:
         return asdict(self)

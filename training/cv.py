@@ -47,7 +47,7 @@ def run_fold(job: FoldJob, queue=None) -> dict:
 
     from training import checkpoint
     from training.export import export_onnx
-    from training.train import pool_by_utterance, predict_windows, train
+    from training.train import pool_by_utterance, predict_windows, train_distilled
 
     fold_dir = job.out_dir / "folds" / job.speaker
     result_path = fold_dir / "result.json"
@@ -67,7 +67,7 @@ def run_fold(job: FoldJob, queue=None) -> dict:
         if queue is not None:
             queue.put((job.speaker, epoch, stats["loss"]))
 
-    result = train(tr, y, train_ids, len(job.labels), job.train_config, on_epoch=on_epoch)
+    result = train_distilled(tr, y, train_ids, len(job.labels), job.train_config, on_epoch=on_epoch)
     checkpoint.save(fold_dir / "model.pt", result.model, job.labels, cfg,
                     job.train_config.to_dict(), history=result.history, test_speaker=job.speaker)
     test_rows = np.isin(ev.utt, test_ids)
@@ -78,6 +78,9 @@ def run_fold(job: FoldJob, queue=None) -> dict:
            "y_true": [int(y[i]) for i in np.unique(test_utt)]}
     _, pooled = pool_by_utterance(p32_torch, test_utt)
     out["fp32_probs"] = pooled.round(6).tolist()
+    if result.teachers:  # what the ensemble the student learned from scores (diagnostic)
+        p_teachers = np.mean([predict_windows(t, test_feats) for t in result.teachers], axis=0)
+        out["teachers_fp32_probs"] = pool_by_utterance(p_teachers, test_utt)[1].round(6).tolist()
     if job.int8:
         fp32_path = export_onnx(result.model, fold_dir / "model.fp32.onnx", cfg.input_shape)
         out.update(int8_eval(fold_dir, fp32_path, tr, train_ids, test_feats, test_utt,
@@ -196,7 +199,7 @@ def run_cv(utterances: list[Utterance], labels: list[str], frontend: FrontendCon
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), disable=not progress) as bar:
         overall = bar.add_task("folds", total=len(speakers))
-        tasks = {s: bar.add_task(f"  speaker {s}", total=train_config.epochs, visible=False)
+        tasks = {s: bar.add_task(f"  speaker {s}", total=train_config.total_epochs, visible=False)
                  for s in speakers}
         manager = ctx.Manager()
         queue = manager.Queue()
@@ -239,11 +242,12 @@ def summarize(results: dict[str, dict], labels: list[str], speakers: list[str],
     report: dict = {"labels": labels, "train_config": train_config.to_dict(), "folds": [],
                     "protocol": "leave-one-speaker-out; fixed schedule, final EMA weights; "
                                 "utterance = mean of window probabilities (hop 1 s)"}
-    pooled: dict[str, tuple[list, list]] = {"fp32": ([], []), "int8": ([], [])}
+    # teachers_fp32: the ensemble a distilled student learned from (diagnostic, not shipped)
+    pooled: dict[str, tuple[list, list]] = {"fp32": ([], []), "int8": ([], []), "teachers_fp32": ([], [])}
     for spk in speakers:
         r = results[spk]
         row = {"speaker": spk, "n": len(r["y_true"]), "seconds": round(r["seconds"], 1)}
-        for precision in ("fp32", "int8"):
+        for precision in pooled:
             key = f"{precision}_probs"
             if key not in r:
                 continue

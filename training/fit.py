@@ -9,7 +9,7 @@ import numpy as np
 
 from training import checkpoint, features
 from training.corpora import Utterance, fingerprint
-from training.train import TrainConfig, train
+from training.train import TrainConfig, train_distilled
 from worker.frontend import FrontendConfig
 
 
@@ -22,13 +22,13 @@ def fit(utterances: list[Utterance], labels: list[str], cfg: FrontendConfig, tcf
     ids = np.arange(len(utterances))
     start = time.time()
     with Progress(disable=not progress) as bar:
-        task = bar.add_task("train (all speakers)", total=tcfg.epochs)
+        task = bar.add_task("train (all speakers)", total=tcfg.total_epochs)
 
         def on_epoch(epoch: int, stats: dict) -> None:
             bar.update(task, completed=epoch,
                        description=f"train loss {stats['loss']:.3f} acc {stats['train_acc']:.2f}")
 
-        result = train(data, y, ids, len(labels), tcfg, on_epoch=on_epoch)
+        result = train_distilled(data, y, ids, len(labels), tcfg, on_epoch=on_epoch)
     return checkpoint.save(out, result.model, labels, cfg, tcfg.to_dict(), history=result.history,
                            data_fingerprint=fingerprint(utterances),
                            speakers=sorted({u.speaker for u in utterances}),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -117,11 +117,32 @@ class EpochSampler:
 class TrainResult:
     model: LightSERNet
     history: list[dict] = field(default_factory=list)
+    teachers: list[LightSERNet] = field(default_factory=list)  # the models it was distilled from
+
+
+def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s distillation term: T^2 * KL(teacher_T || student_T), batch mean."""
+    t = temperature
+    target = F.softmax(teacher_logits / t, dim=-1)
+    return F.kl_div(F.log_softmax(logits / t, dim=-1), target, reduction="batchmean") * t * t
+
+
+@torch.no_grad()
+def ensemble_logits(teachers: list[torch.nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """Log of the teachers' mean probability (an ensemble's logits, up to a constant)."""
+    probs = torch.stack([torch.softmax(m(x), dim=-1) for m in teachers]).mean(0)
+    return probs.clamp_min(1e-8).log()
 
 
 def train(data: FeatureSet, labels: np.ndarray, utt_ids: np.ndarray, num_classes: int,
-          cfg: TrainConfig, on_epoch: Callable[[int, dict], None] | None = None) -> TrainResult:
-    """Train on the windows of ``utt_ids``; ``labels[u]`` is utterance ``u``'s class index."""
+          cfg: TrainConfig, on_epoch: Callable[[int, dict], None] | None = None,
+          teachers: list[torch.nn.Module] | None = None) -> TrainResult:
+    """Train on the windows of ``utt_ids``; ``labels[u]`` is utterance ``u``'s class index.
+
+    With ``teachers`` (models trained on the same utterances, e.g. other seeds) and
+    ``cfg.distill_weight`` > 0, the loss mixes the labels with the teachers' ensemble
+    prediction on the very same augmented batch (knowledge distillation): one model, close
+    to what the ensemble would score."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -138,6 +159,9 @@ def train(data: FeatureSet, labels: np.ndarray, utt_ids: np.ndarray, num_classes
         w = counts.sum() / np.maximum(counts, 1) / num_classes
         weight = torch.tensor(w, dtype=torch.float32, device=device)[None, :]
     sampler = EpochSampler(data, utt_ids, cfg, cfg.seed)
+    distill = bool(teachers) and cfg.distill_weight > 0
+    if distill:
+        teachers = [t.to(device).eval() for t in teachers]
     history = []
     for epoch in range(cfg.epochs):
         model.train()
@@ -166,6 +190,9 @@ def train(data: FeatureSet, labels: np.ndarray, utt_ids: np.ndarray, num_classes
                 loss = focal_loss(logits, y, cfg.focal_gamma, weight)
             else:
                 loss = soft_ce(logits, y, weight)
+            if distill:
+                loss = ((1 - cfg.distill_weight) * loss + cfg.distill_weight
+                        * distill_loss(logits, ensemble_logits(teachers, x), cfg.distill_temperature))
             if cfg.weight_decay:
                 loss = loss + cfg.weight_decay * sum(
                     (p ** 2).sum() for n, p in model.named_parameters() if p.ndim > 1)
@@ -189,6 +216,24 @@ def train(data: FeatureSet, labels: np.ndarray, utt_ids: np.ndarray, num_classes
     final = ema if ema is not None else model
     final.eval()
     return TrainResult(final.to("cpu", memory_format=torch.contiguous_format), history)
+
+
+def train_distilled(data: FeatureSet, labels: np.ndarray, utt_ids: np.ndarray, num_classes: int,
+                    cfg: TrainConfig, on_epoch: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """:func:`train`, first training ``cfg.teachers`` teachers (the same recipe and data, seeds
+    ``seed + 1`` ...) when asked, then the student distilled from their ensemble. ``on_epoch``
+    counts epochs over all of them (``cfg.total_epochs``)."""
+    teachers = []
+    for k in range(cfg.teachers):
+        tcfg = replace(cfg, seed=cfg.seed + 1 + k, teachers=0, distill_weight=0.0)
+        done = k * cfg.epochs
+        cb = (lambda e, st, d=done: on_epoch(d + e, {**st, "phase": "teacher"})) if on_epoch else None
+        teachers.append(train(data, labels, utt_ids, num_classes, tcfg, on_epoch=cb).model)
+    done = cfg.teachers * cfg.epochs
+    cb = (lambda e, st: on_epoch(done + e, st)) if on_epoch else None
+    result = train(data, labels, utt_ids, num_classes, cfg, on_epoch=cb, teachers=teachers or None)
+    result.teachers = [t.to("cpu").eval() for t in teachers]
+    return result
 
 
 @torch.no_grad()
