@@ -25,9 +25,9 @@ import numpy as np
 from training.augment import VARIANTS
 from training.corpora import Utterance
 from worker.audio import load_mono_16k
-from worker.frontend import FrontendConfig, normalised_window_features, peak_scale, window_starts
+from worker.frontend import FrontendConfig, peak_scale, raw_window_features, window_starts
 
-CACHE_VERSION = 4  # 3: float32 scipy.fft frontend; 4: sparse mel filterbank (~1e-7 relative)
+CACHE_VERSION = 5  # 3: float32 scipy.fft; 4: sparse mel filterbank; 5: gain on the mel energies
 DEFAULT_CACHE = Path(__file__).resolve().parent.parent / ".cache" / "features"
 
 
@@ -52,14 +52,18 @@ def placements(n: int, cfg: FrontendConfig, hop_s: float, max_shifts: int) -> li
     return [(0, off) for off in shifts]
 
 
-def windows_of(samples: np.ndarray, cfg: FrontendConfig, spots: list[tuple[int, int]]) -> np.ndarray:
-    """Normalised, zero-padded windows (B, window_samples) at the given placements."""
+def windows_of(samples: np.ndarray, cfg: FrontendConfig,
+               spots: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-padded, un-normalised windows (B, window_samples) at the given placements and the
+    peak gain of each one's real samples (the inputs of ``raw_window_features``)."""
     w = cfg.window_samples
     out = np.zeros((len(spots), w), dtype=np.float32)
+    gains = np.ones(len(spots), dtype=np.float32)
     for i, (start, offset) in enumerate(spots):
         piece = samples[start : start + w - offset]
-        out[i, offset : offset + piece.shape[0]] = piece * np.float32(peak_scale(piece, cfg.peak_percentile))
-    return out
+        out[i, offset : offset + piece.shape[0]] = piece
+        gains[i] = peak_scale(piece, cfg.peak_percentile)
+    return out, gains
 
 
 def _key(kind: str, utterances: list[Utterance], cfg: FrontendConfig, extra: dict) -> str:
@@ -104,7 +108,7 @@ def build(utterances: list[Utterance], cfg: FrontendConfig, kind: str = "train",
                                                        int(round(eval_hop_s * cfg.sample_rate_hz)))]
             else:
                 spots = placements(x.shape[0], cfg, train_hop_s, max_shifts)
-            f = normalised_window_features(windows_of(x, cfg, spots), cfg)
+            f = raw_window_features(*windows_of(x, cfg, spots), cfg)
             feats.append(f.astype(np.float16))
             utt_idx.append(np.full(len(spots), i, dtype=np.int32))
             var_idx.append(np.full(len(spots), v, dtype=np.int8))

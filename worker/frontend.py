@@ -14,9 +14,10 @@ Pipeline for one window (Aftab et al., ICASSP 2022, and their published TF code)
 5. ``log(mel + 1e-6)``, DCT-II scaled as ``tf.signal.mfccs_from_log_mel_spectrograms``,
    keep 40 coefficients, clip to +-10.
 
-Steps 3-4 are linear in the signal's scale, so the streaming frontend can compute each frame's
-mel energies once per speaker and apply the per-window normalisation afterwards
-(:func:`features_from_mel`): the result is the same as computing the window from scratch.
+Steps 3-4 are linear in the signal's scale, so the gain of step 2 is applied to the mel
+energies (:func:`features_from_mel`), in every path: the streaming frontend computes each
+frame's mel energies once per speaker and gets bit for bit what computing the window from
+scratch gives (:func:`raw_window_features`).
 
 Everything here is pure numpy/scipy: no torch, no onnxruntime.
 """
@@ -271,6 +272,18 @@ def fit_window(samples: np.ndarray, cfg: FrontendConfig) -> tuple[np.ndarray, fl
     Returns the padded float32 window and the gain applied. Longer input is an error: cut it
     with :func:`window_starts` first.
     """
+    padded, gain = pad_window(samples, cfg)
+    return padded * np.float32(gain), gain
+
+
+def window_features(samples: np.ndarray, cfg: FrontendConfig = FrontendConfig()) -> np.ndarray:
+    """Model input for one window of 16 kHz audio: (num_frames, feature_dim) float32."""
+    return batch_features([samples], cfg)[0]
+
+
+def pad_window(samples: np.ndarray, cfg: FrontendConfig) -> tuple[np.ndarray, float]:
+    """``samples`` (at most one window) zero-padded to the window length, *not* normalised,
+    and the peak gain of their real samples: the inputs of :func:`raw_window_features`."""
     samples = np.asarray(samples, dtype=np.float32)
     if samples.ndim != 1:
         raise ValueError(f"expected mono samples, got shape {samples.shape}")
@@ -279,16 +292,23 @@ def fit_window(samples: np.ndarray, cfg: FrontendConfig) -> tuple[np.ndarray, fl
         raise ValueError(f"{samples.shape[0]} samples exceed the {n}-sample window")
     if not np.all(np.isfinite(samples)):
         raise ValueError("samples contain NaN or inf")
-    gain = peak_scale(samples, cfg.peak_percentile)
     out = np.zeros(n, dtype=np.float32)
-    out[: samples.shape[0]] = samples * np.float32(gain)
-    return out, gain
+    out[: samples.shape[0]] = samples
+    return out, peak_scale(samples, cfg.peak_percentile)
 
 
-def window_features(samples: np.ndarray, cfg: FrontendConfig = FrontendConfig()) -> np.ndarray:
-    """Model input for one window of 16 kHz audio: (num_frames, feature_dim) float32."""
-    window, _ = fit_window(samples, cfg)
-    return normalised_window_features(window[None, :], cfg)[0]
+def raw_window_features(windows: np.ndarray, gains, cfg: FrontendConfig) -> np.ndarray:
+    """Features of full-length, un-normalised windows (B, window_samples) and their peak
+    gains (B,) -> (B, T, F).
+
+    The gain is applied to the mel energies (steps 3-4 are linear in it) rather than to the
+    samples: every path -- this one, the worker's streaming frontend, the training cache --
+    then does the same float32 arithmetic for a frame whatever else shares the call, so they
+    agree bit for bit."""
+    gains = np.asarray(gains, dtype=np.float32).reshape(-1)
+    if cfg.input_type == "spectrogram":
+        return normalised_window_features(windows * gains[:, None], cfg)
+    return features_from_mel(mel_energies(windows, cfg), gains, cfg)
 
 
 def normalised_window_features(windows: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
@@ -303,8 +323,8 @@ def batch_features(windows: list[np.ndarray], cfg: FrontendConfig = FrontendConf
     """Features for several windows (each at most one window long) -> (B, T, F)."""
     if not windows:
         return np.zeros((0,) + cfg.input_shape, dtype=np.float32)
-    fitted = np.stack([fit_window(w, cfg)[0] for w in windows])
-    return normalised_window_features(fitted, cfg)
+    padded, gains = zip(*(pad_window(w, cfg) for w in windows))
+    return raw_window_features(np.stack(padded), gains, cfg)
 
 
 def window_starts(n_samples: int, window_samples: int, hop_samples: int) -> list[int]:

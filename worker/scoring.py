@@ -36,7 +36,7 @@ class WindowScorer:
     streaming frontend (:class:`WindowMelCache`: each frame's mel energies computed once per
     speaker) and are finished in one vectorised log/DCT for the batch; final partial windows
     (and every window without ``hop_samples``) take the plain ``batch_features`` path. Both
-    equal ``window_features`` of the window's samples within 1e-5. Runs in one executor
+    equal ``window_features`` of the window's samples bit for bit. Runs in one executor
     thread, which owns the cache.
     """
 

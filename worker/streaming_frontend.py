@@ -15,7 +15,7 @@ covers, so each block's top ``k`` is kept (computed once) and a window selects f
 ``187 x 49`` candidates plus its unaligned tail instead of 48,000 samples.
 
 Windows whose start is not a multiple of ``hop_length``, and end-of-stream partial windows,
-fall back to the plain path (``window_features``: zero-padded by ``fit_window``).
+fall back to the plain path (``window_features``: zero-padded by ``pad_window``).
 
 Memory is bounded: :meth:`window` promises that no later window starts before it, so samples,
 mel rows and block maxima before that start are dropped (:meth:`discard_before` does the same

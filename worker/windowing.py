@@ -18,7 +18,7 @@ With ``W`` = window samples and ``H`` = hop samples (``0 < H <= W``; ``H`` is
 * every *full* window ``k`` with ``k*H + W <= N``, emitted as soon as its last sample arrives;
 * at end of stream, one *final partial* window ``K`` (the next index) covering ``[K*H, N)``
   when audio after the last full window exists (``N > (K-1)*H + W``, or ``N > 0`` when no full
-  window fits): zero-padded at the end by the frontend's ``fit_window``, as in training.
+  window fits): zero-padded at the end by the frontend's ``pad_window``, as in training.
 
 Chunks and sequence numbers
 ---------------------------
