@@ -76,9 +76,12 @@ def one_round(audio: np.ndarray, cfg: FrontendConfig, chunk_s: float, hop_s: flo
 
 
 def aligned_hop_s(hop_s: float, cfg: FrontendConfig) -> float:
-    """``hop_s`` rounded to a whole number of frame hops (1 s -> 63 x 256 samples = 1.008 s)."""
-    frames = max(1, round(hop_s * cfg.sample_rate_hz / cfg.hop_length))
-    return frames * cfg.hop_length / cfg.sample_rate_hz
+    """``hop_s`` as the worker rounds it (``effective_hop_samples``: 1 s -> 63 x 256 samples =
+    1.008 s), so the bench times the hop the worker runs."""
+    from worker.windowing import effective_hop_samples
+
+    hop = effective_hop_samples(hop_s, cfg.sample_rate_hz, cfg.hop_length, cfg.window_samples)
+    return hop / cfg.sample_rate_hz
 
 
 def _hop_result(cfg: FrontendConfig, repeats: int, seconds: float, chunk_ms: int,
