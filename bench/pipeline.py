@@ -291,90 +291,88 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
     result: dict[str, Any] = {"bench": "pipeline", "quick": quick, "workers": workers,
                               "artifact": str(artifact_dir), "hop_s": hop_s, "lockstep": lockstep,
                               "machine": machine()}
-    with tempfile.TemporaryDirectory(prefix="sernet-bench-") as tmp, EmbeddedBroker(port=0) as broker:
-        tag = uuid.uuid4().hex[:6]
-        base = Settings.from_env(broker_url=broker.url, partitions=max(2, 2 * workers),
-                                 model_dir=str(artifact_dir), log_level="WARNING", hop_s=hop_s,
-                                 input_topic=f"bench.audio.{tag}", output_topic=f"bench.events.{tag}",
-                                 dlq_topic=f"bench.dlq.{tag}", consumer_group=f"bench-{tag}",
-                                 max_speakers=max(2000, 2 * max_speakers))
-        create_topics_sync(base)
-        group = _WorkerGroup(base, workers, Path(tmp), extra_env)
-        try:
-            procs = group.start()
-            sampler = _Sampler([p.proc.pid for p in procs])
-            with sampler:
-                def step(n: int, size: int) -> dict[str, Any]:
-                    r = asyncio.run(_step(base, n, size, audio_s, audio, sampler, window_s, hop_s, lockstep))
-                    log(f"  N={n:5d} chunk={size} ms: events {r['events']}/{r['expected_events']} "
-                        f"p50/p99 {r['latency_ms']['p50']}/{r['latency_ms']['p99']} ms, "
-                        f"worker {r['worker_cpu_ms_per_speaker_s']} CPU-ms/speaker-s")
-                    return r
+    peak_rss = 0.0
 
-                def ok(r: dict[str, Any]) -> bool:
-                    p99 = r["latency_ms"]["p99"]
-                    return bool(r["complete"] and p99 is not None and p99 <= P99_LIMIT_MS)
+    def fresh_step(n: int, size: int, tmp: str) -> dict[str, Any]:
+        """One step on a fresh broker and fresh worker process(es): tansu keeps every message
+        in memory (no retention) and got slower run after run on one broker (p50 58 -> 108 ms
+        over five 144-speaker runs even with the worker restarted each time), so steps must
+        not inherit earlier steps' logs; the step's peak RSS is then that load's own."""
+        nonlocal peak_rss
+        with EmbeddedBroker(port=0) as broker:
+            tag = uuid.uuid4().hex[:6]
+            base = Settings.from_env(broker_url=broker.url, partitions=max(2, 2 * workers),
+                                     model_dir=str(artifact_dir), log_level="WARNING", hop_s=hop_s,
+                                     input_topic=f"bench.audio.{tag}", output_topic=f"bench.events.{tag}",
+                                     dlq_topic=f"bench.dlq.{tag}", consumer_group=f"bench-{tag}",
+                                     max_speakers=max(2000, 2 * max_speakers))
+            create_topics_sync(base)
+            group = _WorkerGroup(base, workers, Path(tmp), extra_env)
+            try:
+                procs = group.start()
+                with _Sampler([p.proc.pid for p in procs]) as sampler:
+                    r = asyncio.run(_step(base, n, size, audio_s, audio, sampler, window_s, hop_s,
+                                          lockstep))
+            finally:
+                group.stop()
+        r["peak_rss_mb"] = round(sampler.peak_rss / 2**20, 1)
+        peak_rss = max(peak_rss, r["peak_rss_mb"])
+        return r
 
-                per_size = {}
-                for size in sizes:
-                    log(f"chunk {size} ms, {workers} worker(s)")
-                    if speakers:
-                        runs = [step(speakers, size) for _ in range(repeats)]
-                        per_size[str(size)] = {"runs": runs}
-                        continue
-                    steps: list[dict[str, Any]] = []
-                    good, bad = 0, None
-                    n = 4 if quick else 32
-                    while n <= (16 if quick else max_speakers):
-                        r = step(n, size)
-                        steps.append(r)
-                        if not ok(r):
-                            bad = n
-                            break
-                        good = n
-                        n *= 2
-                    while bad is not None and not quick and bad - good > max(8, good // 8):
-                        mid = (good + bad) // 2
-                        r = step(mid, size)
-                        steps.append(r)
-                        if ok(r):
-                            good = mid
-                        else:
-                            bad = mid
-                    entry: dict[str, Any] = {"max_speakers_p99_le_250ms": good,
-                                             "first_failing": bad, "search": steps}
-                    if good and not quick:
-                        entry["at_fraction"] = {
-                            f"{int(f * 100)}%": step(max(1, int(good * f)), size)
-                            for f in (0.25, 0.5, 0.75)}
-                    per_size[str(size)] = entry
-            result["peak_rss_mb"] = round(sampler.peak_rss / 2**20, 1)
-            group.stop()
-            if not quick and not speakers:
-                # RSS *at* the capacity found: fresh worker(s), one step at that load (the
-                # search's own peak includes the overloaded steps and their backlog)
-                for size in sizes:
-                    good = per_size[str(size)].get("max_speakers_p99_le_250ms")
-                    if not good:
-                        continue
-                    procs = group.start()
-                    with _Sampler([p.proc.pid for p in procs]) as fresh:
-                        r = asyncio.run(_step(base, good, size, audio_s, audio, fresh, window_s,
-                                              hop_s, lockstep))
-                    group.stop()
-                    per_size[str(size)]["at_capacity_fresh_worker"] = {
-                        "speakers": good, "peak_rss_mb": round(fresh.peak_rss / 2**20, 1),
-                        "p99_ms": r["latency_ms"]["p99"], "complete": r["complete"]}
-                    log(f"  fresh worker at N={good}, chunk={size} ms: peak RSS "
-                        f"{fresh.peak_rss / 2**20:.0f} MB, p99 {r['latency_ms']['p99']} ms")
-        finally:
-            group.stop()
+    with tempfile.TemporaryDirectory(prefix="sernet-bench-") as tmp:
+        def step(n: int, size: int) -> dict[str, Any]:
+            r = fresh_step(n, size, tmp)
+            log(f"  N={n:5d} chunk={size} ms: events {r['events']}/{r['expected_events']} "
+                f"p50/p99 {r['latency_ms']['p50']}/{r['latency_ms']['p99']} ms, "
+                f"worker {r['worker_cpu_ms_per_speaker_s']} CPU-ms/speaker-s, RSS {r['peak_rss_mb']} MB")
+            return r
+
+        def ok(r: dict[str, Any]) -> bool:
+            p99 = r["latency_ms"]["p99"]
+            return bool(r["complete"] and p99 is not None and p99 <= P99_LIMIT_MS)
+
+        per_size = {}
+        for size in sizes:
+            log(f"chunk {size} ms, {workers} worker(s), fresh broker and worker per step")
+            if speakers:
+                runs = [step(speakers, size) for _ in range(repeats)]
+                per_size[str(size)] = {"runs": runs}
+                continue
+            steps: list[dict[str, Any]] = []
+            good, bad = 0, None
+            good_rss = None
+            n = 4 if quick else 32
+            while n <= (16 if quick else max_speakers):
+                r = step(n, size)
+                steps.append(r)
+                if not ok(r):
+                    bad = n
+                    break
+                good, good_rss = n, r["peak_rss_mb"]
+                n *= 2
+            while bad is not None and not quick and bad - good > max(8, good // 8):
+                mid = (good + bad) // 2
+                r = step(mid, size)
+                steps.append(r)
+                if ok(r):
+                    good, good_rss = mid, r["peak_rss_mb"]
+                else:
+                    bad = mid
+            entry: dict[str, Any] = {"max_speakers_p99_le_250ms": good, "first_failing": bad,
+                                     "peak_rss_mb_at_max": good_rss, "search": steps}
+            if good and not quick:
+                entry["at_fraction"] = {
+                    f"{int(f * 100)}%": step(max(1, int(good * f)), size)
+                    for f in (0.25, 0.5, 0.75)}
+            per_size[str(size)] = entry
+    result["peak_rss_mb"] = peak_rss
     result["per_chunk_ms"] = per_size
     all_steps = [r for e in per_size.values() for r in e.get("search", e.get("runs", []))]
     if all_steps:
         heavy = max(all_steps, key=lambda r: r["events"])
-        bare = bare_cpu_per_window(artifact_dir, base.batch_size, audio)
-        bare_streaming = bare_cpu_per_window(artifact_dir, base.batch_size, audio, streaming=True)
+        batch = Settings.from_env().batch_size
+        bare = bare_cpu_per_window(artifact_dir, batch, audio)
+        bare_streaming = bare_cpu_per_window(artifact_dir, batch, audio, streaming=True)
         result["bare_cpu_ms_per_window"] = round(bare * 1000, 3)
         result["bare_streaming_cpu_ms_per_window"] = round(bare_streaming * 1000, 3)
         result["efficiency_step"] = {"speakers": heavy["speakers"], "chunk_ms": heavy["chunk_ms"]}
