@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -78,34 +79,26 @@ class _Sampler:
         self._t.join(2)
 
 
-class _WorkerGroup:
-    """``workers`` real ``sernet worker`` processes in one consumer group, started and stopped
-    together (a fresh start gives a fresh process: its RSS says what that load needs)."""
+@contextmanager
+def _workers(base, workers: int, log_dir: Path, extra_env: dict[str, str] | None):
+    """``workers`` fresh ``sernet worker`` processes in ``base``'s consumer group, ready and
+    assigned; stopped on exit. Logs go to ``log_dir``, named by the group (one per step)."""
+    from worker.broker import free_port
+    from worker.demo import WorkerProcess
 
-    def __init__(self, base, workers: int, log_dir: Path, extra_env: dict[str, str] | None) -> None:
-        self.base, self.workers, self.log_dir, self.extra_env = base, workers, log_dir, extra_env
-        self.procs: list = []
-        self.starts = 0
-
-    def start(self) -> list:
-        from worker.broker import free_port
-        from worker.demo import WorkerProcess
-
-        self.stop()
-        self.starts += 1
-        for w in range(self.workers):
-            s = self.base.replace(web_port=free_port())
-            self.procs.append(WorkerProcess(s, log_path=self.log_dir / f"worker{w}-{self.starts}.log",
-                                            extra_env=self.extra_env).start())
-        for p in self.procs:
+    procs = []
+    try:
+        for w in range(workers):
+            procs.append(WorkerProcess(base.replace(web_port=free_port()),
+                                       log_path=log_dir / f"{base.consumer_group}-worker{w}.log",
+                                       extra_env=extra_env).start())
+        for p in procs:
             p.wait_ready(120)
         time.sleep(2.0)  # let the group settle (assignment of all partitions)
-        return self.procs
-
-    def stop(self) -> None:
-        for p in self.procs:
+        yield procs
+    finally:
+        for p in procs:
             p.stop()
-        self.procs = []
 
 
 async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarray,
@@ -307,14 +300,10 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
                                      dlq_topic=f"bench.dlq.{tag}", consumer_group=f"bench-{tag}",
                                      max_speakers=max(2000, 2 * max_speakers))
             create_topics_sync(base)
-            group = _WorkerGroup(base, workers, Path(tmp), extra_env)
-            try:
-                procs = group.start()
-                with _Sampler([p.proc.pid for p in procs]) as sampler:
-                    r = asyncio.run(_step(base, n, size, audio_s, audio, sampler, window_s, hop_s,
-                                          lockstep))
-            finally:
-                group.stop()
+            with _workers(base, workers, Path(tmp), extra_env) as procs, \
+                    _Sampler([p.proc.pid for p in procs]) as sampler:
+                r = asyncio.run(_step(base, n, size, audio_s, audio, sampler, window_s, hop_s,
+                                      lockstep))
         r["peak_rss_mb"] = round(sampler.peak_rss / 2**20, 1)
         peak_rss = max(peak_rss, r["peak_rss_mb"])
         return r
