@@ -86,3 +86,23 @@ def json_options(fn):
                       envvar="SERNET_BENCH_REPEATS", show_envvar=True,
                       help="Repeats; medians with min/max over them are reported.")(fn)
     return fn
+
+
+def speaker_windows(audio, speakers: int, step: int, hop: int, window: int, steps: int) -> list:
+    """The windows the worker's scorer gets at hop ``step`` (of ``steps``) from ``speakers``
+    speakers reading ``audio`` at staggered offsets (``worker.windowing.Window``, each its own
+    speaker and buffer generation; consecutive steps are consecutive windows of each speaker):
+    what the bare-compute baselines score."""
+    from worker.windowing import Window
+
+    if not 0 <= step < steps:
+        raise ValueError(f"step {step} outside 0..{steps - 1}")
+    span = len(audio) - window - steps * hop
+    if span <= 0:
+        raise ValueError("audio too short for that many hops")
+    out = []
+    for i in range(speakers):
+        start = (i * 16000) % span + step * hop
+        out.append(Window(("bench", i), step, start, audio[start : start + window], 16000,
+                          False, False, True, 0.0, stream_gen=i + 1))
+    return out

@@ -1,6 +1,8 @@
 """``sernet bench frontend``: windows/s of the plain MFCC frontend (``batch_features``, every
 window from scratch) vs :class:`worker.streaming_frontend.StreamingFrontend` (each frame once
-per speaker), 3 s windows every 1 s, audio pushed in 100 ms chunks.
+per speaker), 3 s windows every 1 s, audio pushed in 100 ms chunks; and the same comparison for
+what the worker runs (``WindowScorer`` with its ``WindowMelCache``, batches of 32 speakers'
+windows at the worker's frame-aligned hop).
 
 Both are timed interleaved window by window in steady state (the streaming frontend's first
 window, which computes all 184 frames, is excluded like the plain path's warm-up); CPU time of
@@ -75,6 +77,39 @@ def one_round(audio: np.ndarray, cfg: FrontendConfig, chunk_s: float, hop_s: flo
             "streaming": t_stream / counted, "windows": counted, "max_abs_diff": diffs}
 
 
+def worker_round(audio: np.ndarray, cfg: FrontendConfig, speakers: int = 32, steps: int = 8,
+                 blas_threads: int | None = 1) -> dict[str, float]:
+    """CPU seconds per window of what the worker runs: ``WindowScorer.features`` (its
+    ``WindowMelCache``: mel rows and block peaks shared by consecutive windows of a speaker) on
+    batches of ``speakers`` speakers' windows at the worker's frame-aligned 1.008 s hop, vs
+    ``batch_features`` on the same windows, interleaved batch by batch (first batch excluded:
+    it fills the cache)."""
+    from bench.common import speaker_windows
+    from worker.scoring import WindowScorer
+    from worker.windowing import effective_hop_samples
+
+    n = cfg.window_samples
+    hop = effective_hop_samples(1.0, cfg.sample_rate_hz, cfg.hop_length, n)
+    scorer = WindowScorer(None, cfg, hop_samples=hop)
+    batches = [speaker_windows(audio, speakers, s, hop, n, steps + 1) for s in range(steps + 1)]
+    t_stream = t_plain = 0.0
+    diff = 0.0
+    with _blas_limit(blas_threads):
+        scorer.features(batches[0])
+        for batch in batches[1:]:
+            c0 = time.process_time()
+            feats = scorer.features(batch)
+            c1 = time.process_time()
+            ref = batch_features([w.samples for w in batch], cfg)
+            c2 = time.process_time()
+            t_stream += c1 - c0
+            t_plain += c2 - c1
+            diff = max(diff, float(np.abs(feats - ref).max()))
+    windows = steps * speakers
+    return {"plain": t_plain / windows, "streaming": t_stream / windows, "windows": windows,
+            "max_abs_diff": diff}
+
+
 def aligned_hop_s(hop_s: float, cfg: FrontendConfig) -> float:
     """``hop_s`` as the worker rounds it (``effective_hop_samples``: 1 s -> 63 x 256 samples =
     1.008 s), so the bench times the hop the worker runs."""
@@ -111,18 +146,30 @@ def run(*, quick: bool = False, repeats: int = 5, chunk_ms: int = 100, hop_s: fl
     seconds = 8 if quick else 25
     hops = {"given": hop_s, "aligned": aligned_hop_s(hop_s, cfg)}
     per_hop = {name: _hop_result(cfg, repeats, seconds, chunk_ms, h) for name, h in hops.items()}
+    speakers = 8 if quick else 32
+    rounds = [worker_round(speech_like(30 if quick else 60, seed=r), cfg, speakers=speakers,
+                           steps=3 if quick else 8) for r in range(repeats)]
+    worker = {
+        "speakers_per_batch": speakers, "windows_per_round": rounds[0]["windows"],
+        "cpu_ms_per_window": {k: summary([r[k] * 1e3 for r in rounds], 3)
+                              for k in ("plain", "streaming")},
+        "streaming_vs_plain": summary([r["streaming"] / r["plain"] for r in rounds], 3),
+        "max_abs_diff": max(r["max_abs_diff"] for r in rounds),
+    }
     out = {
         "bench": "frontend", "quick": quick, "repeats": repeats, "chunk_ms": chunk_ms,
         "window_s": cfg.window_s,
         "streaming_vs_plain": per_hop["given"]["streaming_vs_plain"]["median"],
         "streaming_vs_plain_aligned_hop": per_hop["aligned"]["streaming_vs_plain"]["median"],
+        "worker_streaming_vs_plain": worker["streaming_vs_plain"]["median"],
         "plain_default_blas_vs_plain": per_hop["given"]["plain_default_blas_vs_plain"]["median"],
-        "max_abs_diff": max(h["max_abs_diff"] for h in per_hop.values()),
-        "hops": per_hop, "machine": machine(),
+        "max_abs_diff": max([h["max_abs_diff"] for h in per_hop.values()] + [worker["max_abs_diff"]]),
+        "hops": per_hop, "worker": worker, "machine": machine(),
     }
     out["targets"] = {
         "streaming_vs_plain<=1/3": bool(out["streaming_vs_plain"] <= 1 / 3),
         "streaming_vs_plain_aligned_hop<=1/3": bool(out["streaming_vs_plain_aligned_hop"] <= 1 / 3),
+        "worker_streaming_vs_plain<=1/3": bool(out["worker_streaming_vs_plain"] <= 1 / 3),
     }
     return out
 

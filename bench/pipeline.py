@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import statistics
 import tempfile
 import threading
@@ -34,7 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bench.common import machine, summary
+from bench.common import machine, speaker_windows, summary
 
 P99_LIMIT_MS = 250.0
 
@@ -219,34 +220,28 @@ async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarr
 
 
 def bare_cpu_per_window(artifact_dir: Path, batch: int, audio: np.ndarray, calls: int = 6,
-                        streaming: bool = False) -> float:
+                        streaming: bool = False, run_batch: int | None = None) -> float:
     """CPU seconds per window of the bare frontend + int8 ``EmotionModel`` at ``batch``
-    (1 onnxruntime thread, BLAS limited to 1 thread like the worker): ``batch_features``, or with
-    ``streaming`` the worker's ``WindowScorer`` (mel rows shared by consecutive windows of each
+    (``run_batch`` windows per onnxruntime call, 1 onnxruntime thread, BLAS limited to 1 thread
+    like the worker): ``batch_features``, or with ``streaming`` the worker's ``WindowScorer`` (mel rows shared by consecutive windows of each
     of ``batch`` speakers, frame-aligned hop)."""
     from worker.frontend import FrontendConfig, batch_features
     from worker.model import EmotionModel
     from worker.scoring import WindowScorer
-    from worker.windowing import Window, effective_hop_samples
+    from worker.windowing import effective_hop_samples
 
     cfg = FrontendConfig()
-    model = EmotionModel.from_artifact(artifact_dir, threads=1)
+    model = EmotionModel.from_artifact(artifact_dir, threads=1, run_batch=run_batch)
     n = cfg.window_samples
     hop = effective_hop_samples(1.0, cfg.sample_rate_hz, cfg.hop_length, n)
     scorer = WindowScorer(model, cfg, hop_samples=hop)
-    span = len(audio) - n - (calls + 1) * hop
-
-    def batch_at(step: int) -> list:
-        return [Window(("b", i), step, (i * 16000) % span + step * hop,
-                       audio[(i * 16000) % span + step * hop:][:n], 16000, False, False, True, 0.0,
-                       stream_gen=i + 1)
-                for i in range(batch)]
+    batches = [speaker_windows(audio, batch, step, hop, n, calls + 1) for step in range(calls + 1)]
 
     def one(step: int) -> None:
         if streaming:
-            scorer.score(batch_at(step))
+            scorer.score(batches[step])
         else:
-            model.scores(batch_features([w.samples for w in batch_at(step)], cfg))
+            model.scores(batch_features([w.samples for w in batches[step]], cfg))
 
     try:
         from threadpoolctl import threadpool_limits
@@ -359,9 +354,12 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
     all_steps = [r for e in per_size.values() for r in e.get("search", e.get("runs", []))]
     if all_steps:
         heavy = max(all_steps, key=lambda r: r["events"])
-        batch = Settings.from_env().batch_size
-        bare = bare_cpu_per_window(artifact_dir, batch, audio)
-        bare_streaming = bare_cpu_per_window(artifact_dir, batch, audio, streaming=True)
+        settings = Settings.from_env({**os.environ, **(extra_env or {})})  # what the workers ran
+        batch, run_batch = settings.batch_size, settings.model_batch
+        bare = bare_cpu_per_window(artifact_dir, batch, audio, run_batch=run_batch)
+        bare_streaming = bare_cpu_per_window(artifact_dir, batch, audio, streaming=True,
+                                             run_batch=run_batch)
+        result["bare_batch"] = {"batch_size": batch, "model_batch": run_batch}
         result["bare_cpu_ms_per_window"] = round(bare * 1000, 3)
         result["bare_streaming_cpu_ms_per_window"] = round(bare_streaming * 1000, 3)
         result["efficiency_step"] = {"speakers": heavy["speakers"], "chunk_ms": heavy["chunk_ms"]}

@@ -57,6 +57,7 @@ class Settings:
     hop_s: float = 1.0
     batch_size: int = 32
     batch_wait_ms: float = 20.0
+    model_batch: int = 1
     streaming_frontend: int = 1
     model_dir: str | None = None  # None: the repository's model_artifacts/
     threads: int = 1
@@ -80,7 +81,7 @@ class Settings:
             raise bad("fetch_max_wait_ms", "must be >= 0")
         if self.fetch_min_bytes < 1:
             raise bad("fetch_min_bytes", "must be >= 1")
-        for name in ("partitions", "batch_size", "threads", "max_speakers", "max_reorder_chunks"):
+        for name in ("partitions", "batch_size", "model_batch", "threads", "max_speakers", "max_reorder_chunks"):
             if getattr(self, name) < 1:
                 raise bad(name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("session_timeout_s", "heartbeat_s", "hop_s", "idle_timeout_s", "max_buffer_s",
@@ -201,8 +202,9 @@ FIELDS: dict[str, FieldSpec] = {
     "ssl_keyfile": FieldSpec("SERNET_SSL_KEYFILE", _opt_str, "Client key (mutual TLS)."),
     "window_s": FieldSpec("SERNET_WINDOW_S", float, "Window length, seconds (default: the artifact manifest's)."),
     "hop_s": FieldSpec("SERNET_HOP_S", float, "Hop between windows, seconds."),
-    "batch_size": FieldSpec("SERNET_BATCH_SIZE", int, "Most windows scored in one inference call."),
+    "batch_size": FieldSpec("SERNET_BATCH_SIZE", int, "Most windows handed to the scoring thread at once (across speakers)."),
     "batch_wait_ms": FieldSpec("SERNET_BATCH_WAIT_MS", float, "Longest wait to fill a batch, milliseconds."),
+    "model_batch": FieldSpec("SERNET_MODEL_BATCH", int, "Most windows per onnxruntime call within a batch; 1 is the fastest per window and the smallest in memory for the int8 model on CPU."),
     "streaming_frontend": FieldSpec("SERNET_STREAMING_FRONTEND", int, "1: reuse each speaker's mel frames across windows, bit-identical to computing each window from scratch (0), about half the frontend CPU."),
     "model_dir": FieldSpec("SERNET_MODEL_DIR", _opt_str, "Model artifact directory (default: model_artifacts/)."),
     "threads": FieldSpec("SERNET_THREADS", int, "onnxruntime intra-op threads."),

@@ -142,6 +142,13 @@ def test_window_scorer_mel_cache_equals_plain_features():
     assert any(w.final for w in windows)
     assert scorer.cache.reused_rows > scorer.cache.computed_rows  # 121 of 184 rows reused
     assert len(scorer.cache) == 0  # final windows forgot both speakers
+    # all of both speakers' windows in one batch (a backlog): taken in rounds, each window
+    # reusing its predecessor's rows, exactly as one batch per window would
+    one_batch = WindowScorer(model=None, frontend=cfg, hop_samples=wcfg.hop_samples)
+    np.testing.assert_array_equal(one_batch.features(windows), ref)
+    full = sum(not w.final for w in windows)
+    assert one_batch.cache.reused_rows == 121 * (full - 2)  # all but each speaker's first
+    assert len(one_batch.cache) == 0
     # same key, new generation at the same position: rows are recomputed, not reused
     w0 = windows[1]
     before = scorer.cache.reused_rows

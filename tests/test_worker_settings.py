@@ -22,7 +22,7 @@ def test_env_and_overrides():
 @pytest.mark.parametrize("env", [{"SERNET_PARTITIONS": "0"}, {"SERNET_HEARTBEAT_S": "9"},
                                  {"SERNET_SECURITY_PROTOCOL": "SASL_PLAINTEXT"},
                                  {"SERNET_WINDOW_S": "1", "SERNET_HOP_S": "2"},
-                                 {"SERNET_FETCH_MIN_BYTES": "0"}])
+                                 {"SERNET_FETCH_MIN_BYTES": "0"}, {"SERNET_MODEL_BATCH": "0"}])
 def test_invalid_settings_name_the_variable(env):
     with pytest.raises(SettingsError) as err:
         Settings.from_env(env)

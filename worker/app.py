@@ -157,9 +157,8 @@ class Pipeline:
         self.model_info = model_info
         self.labels = list(model.labels)
         self.speaker_tp: dict[Hashable, Any] = {}
-        # streaming frontend (opt-in): its features equal the plain ones within 1e-5, but the
-        # int8 model turns such differences into score differences up to ~1e-3, so offline
-        # predict is reproduced bit for bit only by the plain path (docs/streaming.md)
+        # streaming frontend (default): each speaker's mel frames computed once, features
+        # bit-identical to the plain path's (docs/streaming.md)
         cache_hop = self.wcfg.hop_samples if settings.streaming_frontend else None
         self.scorer = BatchScorer(WindowScorer(model, frontend, hop_samples=cache_hop,
                                                max_speakers=self.wcfg.max_speakers + 64),
@@ -177,6 +176,7 @@ class Pipeline:
     async def stop(self) -> None:
         self.started = False
         await self.scorer.stop()
+        self._gauges(force=True)  # the final state, whenever the throttled gauges last ran
 
     async def drain(self, timeout_s: float = SHUTDOWN_DRAIN_S) -> bool:
         """Wait until every window cut so far is scored and its events are delivered (their
@@ -430,7 +430,8 @@ def load_model(settings: Settings):
     from worker.model import EmotionModel
 
     artifact = load_artifact(settings.artifact_dir)  # verifies every sha256 and the frontend
-    model = EmotionModel.from_artifact(artifact, threads=settings.threads)
+    model = EmotionModel.from_artifact(artifact, threads=settings.threads,
+                                       run_batch=settings.model_batch)
     lean_session(model, settings.threads)
     info = ModelInfo(name=artifact.name, version=artifact.version, sha256=model.sha256)
     return model, artifact.frontend, info

@@ -297,6 +297,12 @@ def pad_window(samples: np.ndarray, cfg: FrontendConfig) -> tuple[np.ndarray, fl
     return out, peak_scale(samples, cfg.peak_percentile)
 
 
+# windows per numpy pass: the frames of one 3 s window are 0.75 MB, so a pass over 32 windows
+# (24 MB) outgrows the CPU caches and costs ~1.7x more per window than 1-2 at a time
+# (bench/README.md, section 9); every frame's result is the same whatever shares the pass
+WINDOWS_PER_PASS = 2
+
+
 def raw_window_features(windows: np.ndarray, gains, cfg: FrontendConfig) -> np.ndarray:
     """Features of full-length, un-normalised windows (B, window_samples) and their peak
     gains (B,) -> (B, T, F).
@@ -306,6 +312,12 @@ def raw_window_features(windows: np.ndarray, gains, cfg: FrontendConfig) -> np.n
     then does the same float32 arithmetic for a frame whatever else shares the call, so they
     agree bit for bit."""
     gains = np.asarray(gains, dtype=np.float32).reshape(-1)
+    if windows.shape[0] > WINDOWS_PER_PASS:
+        out = np.empty((windows.shape[0],) + cfg.input_shape, dtype=np.float32)
+        for i in range(0, windows.shape[0], WINDOWS_PER_PASS):
+            out[i : i + WINDOWS_PER_PASS] = raw_window_features(
+                windows[i : i + WINDOWS_PER_PASS], gains[i : i + WINDOWS_PER_PASS], cfg)
+        return out
     if cfg.input_type == "spectrogram":
         return normalised_window_features(windows * gains[:, None], cfg)
     return features_from_mel(mel_energies(windows, cfg), gains, cfg)

@@ -17,8 +17,12 @@ class EmotionModel:
     """Scores feature windows (B, T, F) -> class probabilities (B, n_labels)."""
 
     def __init__(self, path: str | Path, labels: list[str], threads: int = 1,
-                 sha256: str | None = None, name: str = "light-sernet", version: str = "0") -> None:
+                 sha256: str | None = None, name: str = "light-sernet", version: str = "0",
+                 run_batch: int | None = None) -> None:
         import onnxruntime as ort
+
+        if run_batch is not None and run_batch < 1:
+            raise ValueError(f"run_batch must be >= 1, got {run_batch}")
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, int(threads))
@@ -33,15 +37,20 @@ class EmotionModel:
         self.sha256 = sha256
         self.name = name
         self.version = version
+        # most windows per onnxruntime call (None: the whole batch at once). On CPU the int8
+        # network's activations of a 32-window call (~3 MB per window) outgrow the caches and
+        # stay resident in malloc's heap: one window per call is both the fastest per window
+        # and the smallest (bench/README.md, section 9)
+        self.run_batch = run_batch
 
     @classmethod
     def from_artifact(cls, artifact: Artifact | str | Path, precision: str | None = None,
-                      threads: int = 1) -> "EmotionModel":
+                      threads: int = 1, run_batch: int | None = None) -> "EmotionModel":
         if not isinstance(artifact, Artifact):
             artifact = load_artifact(artifact)
         path = artifact.model_path(precision)
         return cls(path, artifact.labels, threads=threads, sha256=artifact.sha256(path.name),
-                   name=artifact.name, version=artifact.version)
+                   name=artifact.name, version=artifact.version, run_batch=run_batch)
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         features = np.ascontiguousarray(features, dtype=np.float32)
@@ -49,5 +58,12 @@ class EmotionModel:
             features = features[None]
         if features.shape[0] == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
+        step = self.run_batch or features.shape[0]
+        if step >= features.shape[0]:
+            return self._run(features)
+        return np.concatenate([self._run(features[i : i + step])
+                               for i in range(0, features.shape[0], step)])
+
+    def _run(self, features: np.ndarray) -> np.ndarray:
         (out,) = self.session.run([self.output_name], {self.input_name: features})
         return out.astype(np.float32, copy=False)

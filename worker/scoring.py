@@ -21,7 +21,7 @@ from typing import Awaitable, Callable, Sequence
 
 import numpy as np
 
-from worker.frontend import FrontendConfig, batch_features, features_from_mel, peak_scale
+from worker.frontend import FrontendConfig, batch_features, features_from_mel
 from worker.logs import get_logger
 from worker.streaming_frontend import WindowMelCache
 from worker.windowing import Window
@@ -55,17 +55,15 @@ class WindowScorer:
         if self.cache is None:
             return batch_features([w.samples for w in windows], cfg)
         out = np.empty((len(windows),) + cfg.input_shape, dtype=np.float32)
-        mels, gains, rows, plain = [], [], [], []
-        for i, w in enumerate(windows):
-            if w.samples.shape[0] == n and not w.final:
-                mels.append(self.cache.mel(w.key, w.stream_gen, w.start_sample, w.samples))
-                gains.append(peak_scale(w.samples, cfg.peak_percentile))
-                rows.append(i)
-            else:
-                plain.append(i)
-                self.cache.forget(w.key)  # a final window: the speaker's stream ended
+        rows = [i for i, w in enumerate(windows) if w.samples.shape[0] == n and not w.final]
+        plain = [i for i, w in enumerate(windows) if w.samples.shape[0] != n or w.final]
         if rows:
-            out[rows] = features_from_mel(np.stack(mels), np.asarray(gains, dtype=np.float32), cfg)
+            mel, gains = self.cache.mel_and_gain(
+                [(windows[i].key, windows[i].stream_gen, windows[i].start_sample, windows[i].samples)
+                 for i in rows])
+            out[rows] = features_from_mel(mel, gains, cfg)
+        for i in plain:
+            self.cache.forget(windows[i].key)  # a final window: the speaker's stream ended
         if plain:
             out[plain] = batch_features([windows[i].samples for i in plain], cfg)
         return out

@@ -40,7 +40,8 @@ import numpy as np
 from worker.frontend import (FrontendConfig, features_from_mel, gain_from_peak, mel_energies,
                              percentile_from_top, top_k_count, window_features)
 
-__all__ = ["StreamingFrontend", "WindowMelCache", "percentile_from_top", "top_k_count"]
+__all__ = ["StreamingFrontend", "WindowMelCache", "block_tops", "gain_from_block_tops",
+           "percentile_from_top", "top_k_count"]
 
 
 class StreamingFrontend:
@@ -64,7 +65,7 @@ class StreamingFrontend:
         self._raw = np.zeros(0, dtype=np.float32)
         self._pending: list[np.ndarray] = []  # pushed, not yet joined to _raw
         self._mel = np.zeros((0, self.cfg.num_mel_bins), dtype=np.float32)  # frames from base/hop
-        self._top = np.zeros((0, self.k), dtype=np.float32)  # per block, from base/hop
+        self._top = np.zeros((0, min(self.k, self.hop)), dtype=np.float32)  # per block, from base/hop
         self._max = np.zeros(0, dtype=np.float32)            # per block maximum
 
     @property
@@ -110,11 +111,10 @@ class StreamingFrontend:
         b0 = self.base // hop + self._top.shape[0]
         b1 = end_sample // hop
         if b1 > b0:
-            blocks = np.abs(self._raw[b0 * hop - self.base : b1 * hop - self.base]).reshape(-1, hop)
-            if self.k < hop:
-                blocks = np.partition(blocks, hop - self.k, axis=1)[:, hop - self.k :]
-            self._top = np.concatenate([self._top, blocks])
-            self._max = np.concatenate([self._max, blocks.max(axis=1)])
+            tops, maxima = block_tops(np.abs(self._raw[b0 * hop - self.base : b1 * hop - self.base]),
+                                      hop, self.k)
+            self._top = np.concatenate([self._top, tops])
+            self._max = np.concatenate([self._max, maxima])
 
     def discard_before(self, sample: int) -> None:
         """Drop everything that only windows starting before ``sample`` would need."""
@@ -185,33 +185,58 @@ class StreamingFrontend:
         return features_from_mel(mel, self._gain(start), self.cfg)
 
     def _gain(self, start: int) -> float:
-        """``peak_scale`` of the window's samples from the cached block maxima."""
+        """``peak_scale`` of the window's samples from the cached block tops."""
         block = (start - self.base) // self.hop
         tail_lo = start - self.base + self.full_blocks * self.hop
-        tops = self._top[block : block + self.full_blocks]
-        tail = np.abs(self._raw[tail_lo : start - self.base + self.n])
-        # The k-th largest of the block maxima and tail samples is a lower bound of the
-        # window's k-th largest value (those are k distinct samples of the window), so only
-        # values at or above it can matter: a cheap mask instead of a partition of 9,000.
-        firsts = np.concatenate([self._max[block : block + self.full_blocks], tail])
-        k = min(self.k, firsts.shape[0])
-        bound = np.partition(firsts, firsts.shape[0] - k)[firsts.shape[0] - k]
-        candidates = np.concatenate([tops[tops >= bound], tail[tail >= bound]])
-        return gain_from_peak(percentile_from_top(candidates, self.n, self.cfg.peak_percentile))
+        return gain_from_block_tops(self._top[block : block + self.full_blocks],
+                                    self._max[block : block + self.full_blocks],
+                                    np.abs(self._raw[tail_lo : start - self.base + self.n]),
+                                    self.n, self.cfg.peak_percentile)
+
+
+def block_tops(abs_samples: np.ndarray, block: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest values (any order) and the maximum of each ``block``-sample block of
+    ``abs_samples`` (a whole number of blocks; rows of ``min(k, block)`` values)."""
+    blocks = abs_samples.reshape(-1, block)
+    if k < block:
+        blocks = np.partition(blocks, block - k, axis=1)[:, block - k :]
+    return blocks, blocks.max(axis=1)
+
+
+def gain_from_block_tops(tops: np.ndarray, maxima: np.ndarray, tail: np.ndarray, n: int,
+                         percentile: float) -> float:
+    """``peak_scale`` of an ``n``-sample window from its blocks' top values (:func:`block_tops`)
+    and the absolute values of its samples after the last whole block (``tail``).
+
+    The k-th largest of the block maxima and tail samples is a lower bound of the window's k-th
+    largest value (those are k distinct samples of the window), so only values at or above it
+    can matter: a cheap mask instead of a partition of every cached value."""
+    firsts = np.concatenate([maxima, tail])
+    k = min(top_k_count(n, percentile), firsts.shape[0])
+    bound = np.partition(firsts, firsts.shape[0] - k)[firsts.shape[0] - k]
+    candidates = np.concatenate([tops[tops >= bound], tail[tail >= bound]])
+    return gain_from_peak(percentile_from_top(candidates, n, percentile))
+
+
+# windows per FFT call: 63 new frames of 4 windows (1 MB) stay in the CPU caches; 32 windows'
+# frames do not and cost ~15 % more per window (bench/README.md, section 9)
+FFT_WINDOWS = 4
 
 
 class WindowMelCache:
-    """The worker's streaming frontend: mel rows shared by consecutive windows of a speaker.
+    """The worker's streaming frontend: mel rows and peak statistics shared by consecutive
+    windows of a speaker.
 
     The windowing hands the scorer whole windows (``Window.samples``); with a hop that is a
     multiple of ``hop_length`` (the worker's :func:`worker.windowing.effective_hop_samples`),
     window ``k+1`` starts on window ``k``'s frame grid and its first ``(W - H) / 256`` frames
-    were already computed. Per speaker this keeps only those rows (~121 x 128 float32 =
-    62 KB at a 1.008 s hop) with the stream sample of the first one and the generation of the
-    speaker's buffer (``Window.stream_gen``: a resumed or re-created speaker never reuses rows of
-    an earlier buffer). The peak gain is computed on the window's own samples, as
-    :func:`worker.frontend.window_features` does, so the features equal it (within float32
-    rounding of the gain applied after instead of before the mel filterbank, < 1e-5).
+    were already computed. Per speaker this keeps only those rows (~121 x 128 float32 = 62 KB at
+    a 1.008 s hop) and the top values of the same span's 256-sample blocks (what the peak gain
+    needs, as :class:`StreamingFrontend` keeps them: 124 x 49 float32 = 24 KB), with the stream
+    sample of the first one and the generation of the speaker's buffer (``Window.stream_gen``:
+    a resumed or re-created speaker never reuses rows of an earlier buffer). A batch's new
+    frames are transformed in one call per reuse depth, so 32 speakers' 63 new frames cost one
+    FFT call, not 32. Features equal :func:`worker.frontend.window_features` bit for bit.
 
     Not thread-safe: the scorer's one executor thread owns it. Bounded to ``max_entries``
     speakers (least recently used dropped), and :meth:`forget` drops a finished speaker.
@@ -226,8 +251,11 @@ class WindowMelCache:
         self.enabled = (cfg.input_type != "spectrogram" and hop_samples > 0
                         and hop_samples % cfg.hop_length == 0)
         self.keep_from_row = hop_samples // cfg.hop_length if self.enabled else 0
+        self.k = top_k_count(cfg.window_samples, cfg.peak_percentile)
+        self.full_blocks = cfg.window_samples // cfg.hop_length   # 187 blocks of 256 in 48,000
         self.max_entries = max_entries
-        self._rows: "OrderedDict[object, tuple[int, int, np.ndarray]]" = OrderedDict()
+        # key -> (gen, stream sample of rows[0] and tops[0], mel rows, block tops, block maxima)
+        self._rows: "OrderedDict[object, tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]" = OrderedDict()
         self.reused_rows = 0
         self.computed_rows = 0
 
@@ -236,7 +264,7 @@ class WindowMelCache:
 
     @property
     def nbytes(self) -> int:
-        return sum(r[2].nbytes for r in self._rows.values())
+        return sum(r[2].nbytes + r[3].nbytes + r[4].nbytes for r in self._rows.values())
 
     def forget(self, key) -> None:
         self._rows.pop(key, None)
@@ -244,31 +272,81 @@ class WindowMelCache:
     def clear(self) -> None:
         self._rows.clear()
 
-    def mel(self, key, gen: int, start: int, samples: np.ndarray) -> np.ndarray:
-        """Un-normalised mel rows (T, mel) of one full window ``samples`` starting at stream
-        sample ``start``; reuses and updates the cached rows of ``(key, gen)``."""
-        cfg, fh = self.cfg, self.frame_hop
-        t = cfg.num_frames
+    def _reusable(self, key, gen: int, start: int) -> int:
+        """How many leading frames (= blocks) of the window at ``start`` the cache holds."""
         cached = self._rows.get(key)
-        reuse = None
-        if cached is not None:
-            c_gen, c_start, rows = cached
-            d = start - c_start
-            if c_gen == gen and d >= 0 and d % fh == 0 and d // fh < rows.shape[0]:
-                reuse = rows[d // fh:]
-        if reuse is not None and reuse.shape[0]:
-            m = min(reuse.shape[0], t)
-            new = mel_energies(samples[m * fh:], cfg) if m < t else reuse[:0]
-            mel = np.concatenate([reuse[:m], new]) if m < t else reuse[:t]
-            self.reused_rows += m
-            self.computed_rows += t - m
-        else:
-            mel = mel_energies(samples, cfg)
-            self.computed_rows += t
+        if cached is None:
+            return 0
+        c_gen, c_start, rows = cached[0], cached[1], cached[2]
+        d = start - c_start
+        fh = self.frame_hop
+        if c_gen != gen or d < 0 or d % fh or d // fh >= rows.shape[0]:
+            return 0
+        return min(rows.shape[0] - d // fh, self.cfg.num_frames)
+
+    def mel(self, key, gen: int, start: int, samples: np.ndarray) -> np.ndarray:
+        """Un-normalised mel rows (T, mel) of one full window; see :meth:`mel_and_gain`."""
+        return self.mel_and_gain([(key, gen, start, samples)])[0][0]
+
+    def mel_and_gain(self, items) -> tuple[np.ndarray, np.ndarray]:
+        """Un-normalised mel rows (B, T, mel) and peak gains (B,) of full windows ``items`` =
+        ``[(key, gen, start_sample, samples), ...]``; reuses and updates the cached rows.
+
+        Several windows of one speaker (a backlog) are taken in rounds, in order, so each
+        reuses the rows its predecessor in the same batch left."""
+        rounds: list[list[int]] = []
+        seen: dict = {}
+        for i, item in enumerate(items):
+            r = seen[item[0]] = seen.get(item[0], -1) + 1
+            if r == len(rounds):
+                rounds.append([])
+            rounds[r].append(i)
+        if len(rounds) == 1:
+            return self._round(items)
+        mel = np.empty((len(items), self.cfg.num_frames, self.cfg.num_mel_bins), dtype=np.float32)
+        gains = np.empty(len(items), dtype=np.float32)
+        for idx in rounds:
+            mel[idx], gains[idx] = self._round([items[i] for i in idx])
+        return mel, gains
+
+    def _round(self, items) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`mel_and_gain` of windows of distinct speakers."""
+        cfg, fh, t, nb = self.cfg, self.frame_hop, self.cfg.num_frames, self.full_blocks
+        n = cfg.window_samples
+        mel = np.empty((len(items), t, cfg.num_mel_bins), dtype=np.float32)
+        gains = np.empty(len(items), dtype=np.float32)
+        depth = [self._reusable(key, gen, start) for key, gen, start, _ in items]
+        tops = []
+        for i, (key, gen, start, samples) in enumerate(items):
+            m = depth[i]
+            if m:
+                _, c_start, rows, c_tops, c_max = self._rows[key]
+                d = (start - c_start) // fh
+                mel[i, :m] = rows[d : d + m]
+                mb = min(m, nb)
+                new_tops, new_max = block_tops(np.abs(samples[mb * fh : nb * fh]), fh, self.k)
+                tops.append((np.concatenate([c_tops[d : d + mb], new_tops]),
+                             np.concatenate([c_max[d : d + mb], new_max])))
+            else:
+                tops.append(block_tops(np.abs(samples[: nb * fh]), fh, self.k))
+            gains[i] = gain_from_block_tops(tops[i][0], tops[i][1], np.abs(samples[nb * fh : n]),
+                                            n, cfg.peak_percentile)
+        by_depth: dict[int, list[int]] = {}
+        for i, m in enumerate(depth):
+            if m < t:
+                by_depth.setdefault(m, []).append(i)
+        for m, idx in by_depth.items():  # one FFT call per few windows that need the same frames
+            for j in range(0, len(idx), FFT_WINDOWS):
+                part = idx[j : j + FFT_WINDOWS]
+                mel[part, m:] = mel_energies(np.stack([items[i][3][m * fh :] for i in part]), cfg)
+        self.reused_rows += sum(depth)
+        self.computed_rows += len(items) * t - sum(depth)
         if self.enabled:
-            keep = mel[self.keep_from_row:]
-            self._rows[key] = (gen, start + self.keep_from_row * fh, keep.copy())  # not a view
-            self._rows.move_to_end(key)
+            keep = self.keep_from_row
+            for i, (key, gen, start, _) in enumerate(items):
+                self._rows[key] = (gen, start + keep * fh, mel[i, keep:].copy(),  # not views
+                                   tops[i][0][keep:].copy(), tops[i][1][keep:].copy())
+                self._rows.move_to_end(key)
             while len(self._rows) > self.max_entries:
                 self._rows.popitem(last=False)
-        return mel
+        return mel, gains

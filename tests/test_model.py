@@ -1,0 +1,27 @@
+"""EmotionModel: the worker's onnxruntime wrapper."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from worker.model import EmotionModel
+
+
+def test_run_batch_splits_calls_with_the_same_scores(artifact, monkeypatch):
+    directory, art = artifact
+    feats = np.random.default_rng(0).normal(0, 3, (5,) + art.frontend.input_shape).astype(np.float32)
+    whole = EmotionModel.from_artifact(art)
+    split = EmotionModel.from_artifact(art, run_batch=2)
+    calls = []
+    run = split._run
+    monkeypatch.setattr(split, "_run", lambda x: calls.append(x.shape[0]) or run(x))
+    got = split.scores(feats)
+    assert calls == [2, 2, 1]
+    np.testing.assert_allclose(got, whole.scores(feats), rtol=0, atol=1e-6)
+    assert got.shape == (5, len(art.labels))
+
+
+def test_run_batch_must_be_positive(artifact):
+    with pytest.raises(ValueError, match="run_batch"):
+        EmotionModel.from_artifact(artifact[1], run_batch=0)
