@@ -257,6 +257,20 @@ def test_short_mode_cv_reports_pooled_metrics_and_plots(emodb_root, tmp_path):
     assert "telephone" in (out / "cv_table.md").read_text()
 
 
+def test_fp32_only_cv_is_scored_in_int8_afterwards(emodb_root, tmp_path):
+    out = tmp_path / "cv"
+    args = ("cv", "--data", emodb_root, "--preset", "robust", "--epochs", "1", "--speakers", "10",
+            "--jobs", "1", "--out", out, "--json")
+    first = json.loads(sernet(*args, "--no-int8").stdout.strip().splitlines()[-1])
+    fold = out / "folds" / "10"
+    assert "int8" not in first["metrics"] and not (fold / "model.int8.onnx").exists()
+    second = json.loads(sernet(*args, "--requantize").stdout.strip().splitlines()[-1])
+    assert (fold / "model.fp32.onnx").is_file() and (fold / "model.int8.onnx").is_file()
+    assert second["metrics"]["fp32"] == first["metrics"]["fp32"]  # the same fp32 fold model
+    assert set(second["metrics"]["int8"]) >= {"ua", "wa", "f1"}
+    assert second["folds"][0]["int8_agreement_windows"] > 0
+
+
 def test_cv_rejects_unknown_speaker(emodb_root, tmp_path):
     proc = sernet("cv", "--data", emodb_root, "--speakers", "99", "--out", tmp_path, check=False)
     assert proc.returncode != 0 and "unknown speakers" in proc.stderr

@@ -146,7 +146,9 @@ def requantize(utterances: list[Utterance], frontend: FrontendConfig, out_dir: P
     """Re-run the int8 step of every finished fold with the current recipe.
 
     The fp32 fold models are untouched; only post-training quantization is redone, calibrated
-    on each fold's training speakers as before. Returns the speakers redone.
+    on each fold's training speakers as before. A fold trained without int8 (``--no-int8``:
+    only ``model.pt``) first gets its fp32 ONNX exported from that checkpoint, so a long fp32
+    CV can be scored in int8 afterwards. Returns the speakers redone.
     """
     tr = features.build(utterances, frontend, "train", cache_dir=cache_dir, progress=progress)
     ev = features.build(utterances, frontend, "eval", cache_dir=cache_dir, progress=progress)
@@ -158,6 +160,12 @@ def requantize(utterances: list[Utterance], frontend: FrontendConfig, out_dir: P
         fold_dir = result_path.parent
         r = json.loads(result_path.read_text())
         fp32_path = fold_dir / "model.fp32.onnx"
+        if not fp32_path.is_file() and (fold_dir / "model.pt").is_file():
+            from training import checkpoint
+            from training.export import export_onnx
+
+            model, _ = checkpoint.load(fold_dir / "model.pt")
+            export_onnx(model.eval(), fp32_path, frontend.input_shape)
         if not fp32_path.is_file():
             continue
         train_ids = np.flatnonzero(spk != r["speaker"])
