@@ -85,7 +85,7 @@ class TrainConfig:
 
 PRESETS: dict[str, TrainConfig] = {
     "paper": TrainConfig(),
-    "robust": TrainConfig(epochs=40, lr=2e-3, schedule="onecycle", weight_decay=1e-6,
+    "robust": TrainConfig(epochs=120, lr=2e-3, schedule="onecycle", weight_decay=1e-6,
                           label_smoothing=0.1, class_balanced=True, mixup_alpha=0.2,
                           time_masks=2, freq_masks=2, augment=True, random_crop=True,
                           ema_decay=0.99),
