@@ -44,6 +44,19 @@ def _pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
+def _machine_busy_s() -> float:
+    """CPU seconds all cores spent busy since boot (psutil: total minus idle and iowait)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 class _Sampler:
     """Peak RSS and CPU seconds of processes, sampled in a thread."""
 
@@ -164,6 +177,7 @@ async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarr
 
     consumer_task = asyncio.create_task(consume())
     cpu0 = sampler.cpu()
+    machine0, own0 = _machine_busy_s(), _own_cpu_s()
     late_sends = 0
     # a chunk is sent when its last sample was captured: speaker i's chunk seq at
     # t0 + phase[i] + (seq + 1) * chunk; sent in 5 ms slots
@@ -198,6 +212,7 @@ async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarr
         except asyncio.TimeoutError:
             pass
         cpu1 = sampler.cpu()
+        machine1, own1 = _machine_busy_s(), _own_cpu_s()
         wall = time.time() - t0
     finally:
         done.set()
@@ -215,6 +230,9 @@ async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarr
         "worker_cpu_ms_per_speaker_s": round(1000 * cpu_s / speaker_s, 3),
         "worker_cpu_ms_per_window": round(1000 * cpu_s / max(1, got), 3),
         "worker_cpu_share_of_wall": round(cpu_s / wall, 3),
+        # what else ran: the whole machine's busy cores and this (producer + consumer) process
+        "machine_cores_busy": round((machine1 - machine0) / wall, 3),
+        "bench_process_cores": round((own1 - own0) / wall, 3),
         "producer_late_sends": late_sends, "send_s": round(t_end - t0, 2),
     }
 
@@ -325,7 +343,9 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
             r = fresh_step(n, size, tmp)
             log(f"  N={n:5d} chunk={size} ms: events {r['events']}/{r['expected_events']} "
                 f"p50/p99 {r['latency_ms']['p50']}/{r['latency_ms']['p99']} ms, "
-                f"worker {r['worker_cpu_ms_per_speaker_s']} CPU-ms/speaker-s, RSS {r['peak_rss_mb']} MB")
+                f"worker {r['worker_cpu_ms_per_speaker_s']} CPU-ms/speaker-s, RSS {r['peak_rss_mb']} MB; "
+                f"cores busy: worker {r['worker_cpu_share_of_wall']}, bench {r['bench_process_cores']}, "
+                f"machine {r['machine_cores_busy']}")
             return r
 
         def ok(r: dict[str, Any]) -> bool:

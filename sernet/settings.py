@@ -56,7 +56,7 @@ class Settings:
     window_s: float | None = None  # None: the artifact manifest's frontend window
     hop_s: float = 1.0
     batch_size: int = 32
-    batch_wait_ms: float = 20.0
+    batch_wait_ms: float = 5.0
     model_batch: int = 1
     streaming_frontend: int = 1
     model_dir: str | None = None  # None: the repository's model_artifacts/

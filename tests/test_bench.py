@@ -1,4 +1,4 @@
-"""Quick modes of `sernet bench model|frontend --json` end with one parseable JSON line."""
+"""Quick modes of `sernet bench model|frontend|pipeline --json` end with one parseable JSON line."""
 
 from __future__ import annotations
 
@@ -58,6 +58,21 @@ def test_bench_frontend_quick_json() -> None:
     aligned = out["hops"]["aligned"]
     assert aligned["hop_samples"] % 256 == 0
     assert aligned["windows_per_s"]["streaming"]["median"] > 0
+
+
+def test_bench_pipeline_fixed_n_json(artifact: Path) -> None:
+    """Real tansu + a real worker process, 4 speakers: every window scored, and the run says
+    what else loaded the machine (worker, bench process, whole machine)."""
+    out = run_json("pipeline", "--artifact", str(artifact), "--speakers", "4", "--chunk-ms", "500",
+                   "--audio-s", "5", "--repeats", "1", timeout=300)
+    (run,) = out["per_chunk_ms"]["500"]["runs"]
+    assert run["complete"] and run["events"] == run["expected_events"] > 0
+    assert run["expected_events"] % 4 == 0  # the same full windows for each speaker
+    assert run["latency_ms"]["p99"] > 0
+    assert 0 < run["worker_cpu_share_of_wall"] <= run["machine_cores_busy"] + 0.05
+    assert run["bench_process_cores"] > 0
+    assert out["bare_batch"]["model_batch"] == 1
+    assert out["efficiency_at_capacity"] == {}  # a fixed-N run searches no capacity
 
 
 def test_bench_help_names_env_vars() -> None:
