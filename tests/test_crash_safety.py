@@ -145,6 +145,28 @@ def chunks(stream: str, speaker: str, audio: np.ndarray, chunk_s: float, first_s
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_repeated_sigterm_during_shutdown_still_exits_cleanly(broker, artifact, tmp_path):
+    """A supervisor that re-sends SIGTERM while the worker shuts down (the scale test's fleet
+    does) must not turn a clean drain into death by signal (exit code -15)."""
+    import signal
+
+    s = fresh_settings(broker, artifact[0], f"term-{uuid.uuid4().hex[:6]}", partitions=1)
+    fleet = WorkerFleet(s, tmp_path / "logs")
+    try:
+        (w,) = fleet.start(1)
+        fleet.wait_ready([w], 90)
+        proc = fleet.workers[w].proc
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            proc.send_signal(signal.SIGTERM)  # every 20 ms until it has exited
+            time.sleep(0.02)
+        assert proc.poll() == 0, fleet.workers[w].log_tail()
+    finally:
+        fleet.close()
+
+
+@pytest.mark.integration
 @pytest.mark.timeout(180)
 def test_commit_held_while_window_pending(broker, artifact, tmp_path):
     """#312 end to end: done messages after a pending one never move the commit past it."""

@@ -584,6 +584,26 @@ def create_app(settings: Settings, model_bundle=None):
     return app, pipeline
 
 
+def _worker_class(faust):
+    """``faust.Worker`` that survives a repeated SIGTERM at the very end of its shutdown.
+
+    mode's worker handles SIGTERM through the event loop, and closing the loop restores the
+    default action: a second SIGTERM after that (a supervisor or test re-sending it) killed a
+    worker that had already drained and committed (exit code -15 instead of 0). Once shutdown
+    has begun the signal means nothing more, so it is ignored for the rest of the process."""
+    import signal
+    from contextlib import suppress
+
+    class Worker(faust.Worker):
+        def _shutdown_loop(self) -> None:
+            with suppress(Exception):
+                self.loop.remove_signal_handler(signal.SIGTERM)  # so close() leaves SIG_IGN
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            super()._shutdown_loop()
+
+    return Worker
+
+
 def run_worker(settings: Settings, create_topics: bool = True) -> None:
     """Run the worker in this process until SIGINT/SIGTERM."""
     import faust
@@ -611,7 +631,7 @@ def run_worker(settings: Settings, create_topics: bool = True) -> None:
         except Exception as exc:  # the broker may forbid it; the topics may exist already
             log.warning("topic_creation_failed", error=repr(exc))
     app, _ = create_app(settings, model_bundle=bundle)
-    worker = faust.Worker(app, loglevel=settings.log_level, override_logging=False)
+    worker = _worker_class(faust)(app, loglevel=settings.log_level, override_logging=False)
     # Faust's progress spinner writes a bare "[^Worker]: ... OK ^" line to stdout, the only
     # non-JSON log line; without it Faust logs "Ready" through logging (JSON)
     worker.spinner = None
