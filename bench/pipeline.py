@@ -241,8 +241,8 @@ def bare_cpu_per_window(artifact_dir: Path, batch: int, audio: np.ndarray, calls
                         streaming: bool = False, run_batch: int | None = None) -> float:
     """CPU seconds per window of the bare frontend + int8 ``EmotionModel`` at ``batch``
     (``run_batch`` windows per onnxruntime call, 1 onnxruntime thread, BLAS limited to 1 thread
-    like the worker): ``batch_features``, or with ``streaming`` the worker's ``WindowScorer`` (mel rows shared by consecutive windows of each
-    of ``batch`` speakers, frame-aligned hop)."""
+    like the worker): ``batch_features``, or with ``streaming`` the worker's ``WindowScorer``
+    (mel rows shared by consecutive windows of each of ``batch`` speakers, frame-aligned hop)."""
     from worker.frontend import FrontendConfig, batch_features
     from worker.model import EmotionModel
     from worker.scoring import WindowScorer

@@ -25,3 +25,14 @@ def test_run_batch_splits_calls_with_the_same_scores(artifact, monkeypatch):
 def test_run_batch_must_be_positive(artifact):
     with pytest.raises(ValueError, match="run_batch"):
         EmotionModel.from_artifact(artifact[1], run_batch=0)
+
+
+def test_worker_loads_the_model_once_without_the_memory_arena():
+    from helpers.artifact import committed_or_fixture
+    from sernet.settings import Settings
+    from worker.app import load_model
+
+    model, _, _ = load_model(Settings(model_dir=str(committed_or_fixture()), model_batch=3))
+    opts = model.session.get_session_options()
+    assert not opts.enable_cpu_mem_arena and not opts.enable_mem_pattern
+    assert model.run_batch == 3

@@ -406,24 +406,6 @@ def _delivery_outcome(fut: asyncio.Future, late: set) -> Any:
 # --------------------------------------------------------------------------- Faust app
 
 
-def lean_session(model, threads: int = 1) -> None:
-    """Re-open ``model``'s onnxruntime session without the CPU memory arena and memory-pattern
-    planning: with them a batch of 32 windows leaves ~100 MB of arena and planned buffers
-    resident for the life of the worker; without them activations are malloc'ed and freed per
-    run (same outputs; measured in bench/README.md). Same threads, provider and graph
-    optimisations as :class:`worker.model.EmotionModel`."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, int(threads))
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.enable_cpu_mem_arena = False
-    opts.enable_mem_pattern = False
-    model.session = ort.InferenceSession(str(model.path), opts, providers=["CPUExecutionProvider"])
-
-
 def load_model(settings: Settings):
     """(model, frontend, ModelInfo) from the artifact; refuses a tampered artifact."""
     from worker.artifact import load_artifact
@@ -431,8 +413,7 @@ def load_model(settings: Settings):
 
     artifact = load_artifact(settings.artifact_dir)  # verifies every sha256 and the frontend
     model = EmotionModel.from_artifact(artifact, threads=settings.threads,
-                                       run_batch=settings.model_batch)
-    lean_session(model, settings.threads)
+                                       run_batch=settings.model_batch, memory_arena=False)
     info = ModelInfo(name=artifact.name, version=artifact.version, sha256=model.sha256)
     return model, artifact.frontend, info
 

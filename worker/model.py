@@ -18,7 +18,7 @@ class EmotionModel:
 
     def __init__(self, path: str | Path, labels: list[str], threads: int = 1,
                  sha256: str | None = None, name: str = "light-sernet", version: str = "0",
-                 run_batch: int | None = None) -> None:
+                 run_batch: int | None = None, memory_arena: bool = True) -> None:
         import onnxruntime as ort
 
         if run_batch is not None and run_batch < 1:
@@ -29,6 +29,12 @@ class EmotionModel:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not memory_arena:
+            # the long-running worker: with the CPU arena and memory-pattern planning a batch
+            # of 32 windows leaves ~100 MB resident for the life of the process; without them
+            # activations are malloc'ed and freed per run (same outputs; bench/README.md)
+            opts.enable_cpu_mem_arena = False
+            opts.enable_mem_pattern = False
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
@@ -45,12 +51,14 @@ class EmotionModel:
 
     @classmethod
     def from_artifact(cls, artifact: Artifact | str | Path, precision: str | None = None,
-                      threads: int = 1, run_batch: int | None = None) -> "EmotionModel":
+                      threads: int = 1, run_batch: int | None = None,
+                      memory_arena: bool = True) -> "EmotionModel":
         if not isinstance(artifact, Artifact):
             artifact = load_artifact(artifact)
         path = artifact.model_path(precision)
         return cls(path, artifact.labels, threads=threads, sha256=artifact.sha256(path.name),
-                   name=artifact.name, version=artifact.version, run_batch=run_batch)
+                   name=artifact.name, version=artifact.version, run_batch=run_batch,
+                   memory_arena=memory_arena)
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         features = np.ascontiguousarray(features, dtype=np.float32)

@@ -284,10 +284,6 @@ class WindowMelCache:
             return 0
         return min(rows.shape[0] - d // fh, self.cfg.num_frames)
 
-    def mel(self, key, gen: int, start: int, samples: np.ndarray) -> np.ndarray:
-        """Un-normalised mel rows (T, mel) of one full window; see :meth:`mel_and_gain`."""
-        return self.mel_and_gain([(key, gen, start, samples)])[0][0]
-
     def mel_and_gain(self, items) -> tuple[np.ndarray, np.ndarray]:
         """Un-normalised mel rows (B, T, mel) and peak gains (B,) of full windows ``items`` =
         ``[(key, gen, start_sample, samples), ...]``; reuses and updates the cached rows.
