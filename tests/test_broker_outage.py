@@ -120,10 +120,16 @@ def test_broker_restart_producer_reports_worker_resumes(tmp_path):
         frontend = load_model(s)[1]
         want = len(expected_windows(len(fresh), frontend, 1.0))
         key_after = message_key(f"after{tag}", "a")
-        events = read_topic_sync(kw, s.output_topic, until=lambda r: sum(x.key == key_after for x in r) >= want,
+
+        def windows_after(records) -> list[float]:  # one start per event; a re-delivery repeats one
+            return [decode(x.value, EmotionEvent).window_start_s for x in records if x.key == key_after]
+
+        events = read_topic_sync(kw, s.output_topic, until=lambda r: len(set(windows_after(r))) >= want,
                                  idle_s=0.2, timeout_s=90)
         t_resumed = time.monotonic()
-        assert sum(x.key == key_after for x in events) == want
+        # every window scored; at-least-once across a broker restart may repeat one, never invent one
+        assert len(set(windows_after(events))) == want
+        assert len(windows_after(events)) <= 2 * want
         out, err = prod.communicate(timeout=90)
         sampling.set()
         # the speaker that streamed through the outage: events for audio sent after the restart

@@ -125,13 +125,13 @@ def test_distilled_training_trains_teachers_then_the_student(emodb_root):
     data = features.build(utts, FrontendConfig(), "train", cache_dir=None, progress=False,
                           variants=("clean",))
     y = np.array([EMODB_LABELS.index(u.label) for u in utts])
-    cfg = preset("robust", epochs=1, threads=1, teachers=2, distill_weight=0.7)
+    cfg = preset("robust", epochs=1, threads=1, teachers=2, distill_weight=0.7, qat_epochs=1)
     seen = []
     result = train_distilled(data, y, np.arange(len(utts)), 7, cfg,
                              on_epoch=lambda e, st: seen.append((e, st.get("phase", "student"))))
-    assert seen == [(1, "teacher"), (2, "teacher"), (3, "student")]
+    assert seen == [(1, "teacher"), (2, "teacher"), (3, "student"), (4, "int8 fine-tune")]
     plain = train_distilled(data, y, np.arange(len(utts)), 7,
-                            preset("robust", epochs=1, threads=1)).model.state_dict()
+                            preset("robust", epochs=1, threads=1, qat_epochs=1)).model.state_dict()
     distilled = result.model.state_dict()
     assert not all(torch.equal(plain[k], distilled[k]) for k in plain)  # the teachers steered it
 
@@ -195,7 +195,7 @@ def short_run(tmp_path_factory, emodb_root):
     root = tmp_path_factory.mktemp("short")
     ckpt = root / "model.pt"
     out = sernet("train", "--data", emodb_root, "--preset", "robust", "--epochs", "1",
-                 "--threads", "2", "--out", ckpt)
+                 "--qat-windows", "32", "--threads", "2", "--out", ckpt)
     assert "parameters" in out.stdout and "MFLOPs" in out.stdout
     art = root / "artifact"
     sernet("export", ckpt, "--data", emodb_root, "--out", art, "--cv-report", root / "none.json",
@@ -242,7 +242,7 @@ def test_validate_fails_on_a_frontend_mismatch(short_run, tmp_path):
 def test_short_mode_cv_reports_pooled_metrics_and_plots(emodb_root, tmp_path):
     out = tmp_path / "cv"
     proc = sernet("cv", "--data", emodb_root, "--preset", "robust", "--epochs", "1",
-                  "--speakers", "03,10", "--jobs", "2", "--out", out, "--json")
+                  "--qat-windows", "32", "--speakers", "03,10", "--jobs", "2", "--out", out, "--json")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     for precision in ("fp32", "int8"):
         assert set(summary["metrics"][precision]) >= {"ua", "wa", "f1", "confusion"}
@@ -260,15 +260,28 @@ def test_short_mode_cv_reports_pooled_metrics_and_plots(emodb_root, tmp_path):
 def test_fp32_only_cv_is_scored_in_int8_afterwards(emodb_root, tmp_path):
     out = tmp_path / "cv"
     args = ("cv", "--data", emodb_root, "--preset", "robust", "--epochs", "1", "--speakers", "10",
-            "--jobs", "1", "--out", out, "--json")
-    first = json.loads(sernet(*args, "--no-int8").stdout.strip().splitlines()[-1])
+            "--jobs", "1", "--out", out, "--json", "--qat-windows", "32")
+    first = json.loads(sernet(*args, "--no-int8", "--qat-epochs", "0").stdout.strip().splitlines()[-1])
     fold = out / "folds" / "10"
     assert "int8" not in first["metrics"] and not (fold / "model.int8.onnx").exists()
-    second = json.loads(sernet(*args, "--requantize").stdout.strip().splitlines()[-1])
+    second = json.loads(sernet(*args, "--requantize", "--qat-epochs", "0").stdout.strip().splitlines()[-1])
     assert (fold / "model.fp32.onnx").is_file() and (fold / "model.int8.onnx").is_file()
     assert second["metrics"]["fp32"] == first["metrics"]["fp32"]  # the same fp32 fold model
     assert set(second["metrics"]["int8"]) >= {"ua", "wa", "f1"}
     assert second["folds"][0]["int8_agreement_windows"] > 0
+    assert not (fold / "model.pre_qat.pt").exists()
+
+    # with int8 fine-tuning (the robust preset's), a finished fold is fine-tuned once, then scored
+    before = (fold / "model.pt").read_bytes()
+    third = json.loads(sernet(*args, "--requantize").stdout.strip().splitlines()[-1])
+    assert (fold / "model.pre_qat.pt").read_bytes() == before
+    assert (fold / "model.pt").read_bytes() != before
+    result = json.loads((fold / "result.json").read_text())
+    assert result["qat"]["qat_epochs"] == 6 and result["qat"]["qat_windows"] == 32
+    assert set(third["metrics"]["int8"]) >= {"ua", "wa", "f1"}
+    tuned = (fold / "model.pt").read_bytes()
+    sernet(*args, "--requantize")  # already fine-tuned: only re-quantized
+    assert (fold / "model.pt").read_bytes() == tuned
 
 
 def test_cv_rejects_unknown_speaker(emodb_root, tmp_path):
@@ -310,3 +323,129 @@ class TestCommittedArtifact:
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
         rows = [json.loads(line) for line in proc.stdout.strip().splitlines()]
         assert len(rows) == 2 and all("error" in r for r in rows)
+
+
+# --------------------------------------------------------------------------- int8 fine-tuning
+
+def _trained_looking_model(seed: int = 0) -> LightSERNet:
+    """A random model whose BatchNorms carry non-trivial statistics (as after training)."""
+    torch.manual_seed(seed)
+    model = LightSERNet(7)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def test_batchnorm_folding_keeps_the_function_and_leaves_a_bias():
+    from training.qat import fold_batchnorm
+
+    model = _trained_looking_model()
+    folded = fold_batchnorm(model)
+    x = torch.randn(4, 184, 40)
+    with torch.no_grad():
+        assert torch.allclose(model(x), folded(x), atol=1e-4)
+    bn = folded.body[1]
+    assert torch.all(bn.weight == 1) and torch.all(bn.running_mean == 0)
+    assert not torch.equal(folded.body[0].weight, model.body[0].weight)  # scale moved into the conv
+    assert not torch.allclose(model(x), LightSERNet(7).eval()(x))  # the check above can fail
+
+
+def test_quantization_sim_rounds_weights_to_the_int8_grid_and_changes_outputs():
+    from training.qat import QuantSim, fold_batchnorm
+
+    model = fold_batchnorm(_trained_looking_model())
+    x = torch.randn(8, 184, 40)
+    with torch.no_grad():
+        plain = model(x)
+        sim = QuantSim(model)
+        simulated = model(x)  # first call observes the ranges, then rounds with them
+        simulated = model(x)
+        sim.remove()
+    assert not torch.allclose(plain, simulated, atol=1e-6)  # rounding is simulated ...
+    assert torch.allclose(plain, simulated, atol=0.5)        # ... and stays close
+    for module in (model.body[0], model.classifier):          # every quantized weight on the grid
+        w = module.weight.detach().flatten(1)
+        q = w / (w.abs().amax(1, keepdim=True) / 127)
+        assert torch.allclose(q, q.round(), atol=1e-3)
+    assert len(model._forward_hooks) == 0 and not model.body[0]._forward_pre_hooks
+
+
+def test_agreement_finetune_pulls_int8_towards_fp32_without_touching_the_input(emodb_root):
+    from training import features
+    from training.corpora import load_emodb
+    from training.qat import QuantSim, agreement_finetune
+    from worker.frontend import FrontendConfig
+
+    utts = [u for u in load_emodb(emodb_root) if u.speaker == "03"][:12]
+    data = features.build(utts, FrontendConfig(), "train", cache_dir=None, progress=False,
+                          variants=("clean",))
+    model = _trained_looking_model(1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = []
+    tuned = agreement_finetune(model, data.features, epochs=3, lr=1e-3, batch_size=8,
+                               windows_per_epoch=16, on_epoch=lambda e, s: losses.append(s["loss"]))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    x = torch.from_numpy(data.features[:8].astype(np.float32))
+    with torch.no_grad():
+        ref = torch.softmax(model(x), -1)
+        out = torch.softmax(tuned(x), -1)
+    assert (out - ref).abs().max() < 0.2  # still the same classifier
+    # the returned model is plain (no hooks) and loads into a fresh LightSERNet
+    fresh = LightSERNet(7).eval()
+    fresh.load_state_dict(tuned.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(fresh(x), tuned(x), atol=1e-5)
+    QuantSim(fresh)  # and can be simulated again
+
+
+def test_qat_settings_are_validated():
+    from training.config import preset
+
+    with pytest.raises(ValueError, match="qat_epochs"):
+        preset("robust", qat_epochs=-1)
+    assert preset("robust", qat_epochs=2).total_epochs == preset("robust").epochs + 2
+
+
+def test_int8_recipe_keeps_the_input_stage_fp32_and_no_pooling_kernel(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from training.export import (export_onnx, input_stage_names, pools_to_depthwise,
+                                 quantize_model)
+
+    model = _trained_looking_model(2)
+    fp32 = export_onnx(model, tmp_path / "m.onnx", (184, 40))
+    x = np.random.default_rng(0).standard_normal((6, 184, 40)).astype(np.float32) * 3
+
+    def run(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+            None, {"features": x})[0]
+
+    # the ceil-mode pooling (23 -> 12 rows) as edge padding + depthwise conv is exact
+    plain = pools_to_depthwise(fp32, tmp_path / "dw.onnx")
+    edged = pools_to_depthwise(fp32, tmp_path / "dwe.onnx", edge_pad=True)
+    ops = lambda p: [n.op_type for n in onnx.load(str(p)).graph.node]  # noqa: E731
+    assert ops(plain).count("AveragePool") == 1 and "AveragePool" not in ops(edged)
+    assert ops(edged).count("Pad") == 1
+    assert np.abs(run(edged) - run(fp32)).max() < 1e-6
+    assert np.abs(run(plain) - run(fp32)).max() < 1e-6
+
+    stage = input_stage_names(fp32)
+    assert len(stage) == 3 + 2 * 3  # three convs, three pools (and their depthwise names)
+    int8 = quantize_model(fp32, tmp_path / "m8.onnx", x)
+    graph = onnx.load(str(int8)).graph
+    weights = {i.name: i for i in graph.initializer}
+    float_convs = [n for n in graph.node if n.op_type == "Conv"
+                   and weights.get(n.input[1]) is not None
+                   and weights[n.input[1]].data_type == onnx.TensorProto.FLOAT]
+    assert len(float_convs) == 6  # input convs and their pools stay fp32, the rest is int8
+    assert "AveragePool" not in [n.op_type for n in graph.node]
+    assert np.mean(run(int8).argmax(1) == run(fp32).argmax(1)) >= 0.5
+    with pytest.raises(ValueError, match="unknown int8 recipe"):
+        quantize_model(fp32, tmp_path / "x.onnx", x, recipe="nope")

@@ -89,7 +89,11 @@ def render(manifest: dict) -> str:
             + (" (target >= 98 % in every fold: met)." if (cv.get("int8_agreement_min_fold") or 0) >= 98
                else " (target >= 98 % in every fold: missed; a fold holds 38-71 utterances, "
                     "46-118 windows at a 1 s hop, so one window is 0.8-2.2 %).")
-            + " Per-fold table: [cv_table.md](cv_table.md).",
+            + " Per-fold table: [cv_table.md](cv_table.md)."
+            + (f" Each model (every fold's and this one) was fine-tuned "
+               f"{t['train_config']['qat_epochs']} epochs after training so that its int8 twin "
+               "agrees with it (simulated int8 rounding, training windows only, no labels: "
+               "`training/qat.py`)." if t["train_config"].get("qat_epochs") else ""),
             "",
             (f"This is below the project's target of 85 % int8 UA: the recipe ran "
              f"{cv.get('train_config', {}).get('epochs', '?')} epochs per fold on a shared 2-core "

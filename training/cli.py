@@ -103,7 +103,9 @@ def make_train_config(preset_name: str, kw: dict):
 @opt("--int8/--no-int8", default=True, show_default=True, help="Export and score each fold's int8 model.")
 @opt("--requantize", is_flag=True,
      help="First redo the int8 step of every finished fold in --out with the current recipe "
-          "(fp32 fold models untouched; calibration on each fold's training speakers).")
+          "(calibration on each fold's training speakers). With --qat-epochs > 0, folds not yet "
+          "fine-tuned for int8 are fine-tuned first (their fp32 scores change); otherwise the "
+          "fp32 fold models are untouched.")
 @opt("--json", "as_json", is_flag=True, help="Print the report as one JSON line at the end.")
 def cv(corpus, data, iemocap_subset, window_s, input_type, preset, out, speakers, jobs, int8,
        requantize, as_json, **kw):
@@ -121,10 +123,11 @@ def cv(corpus, data, iemocap_subset, window_s, input_type, preset, out, speakers
     utts, labels = load(corpus, data, iemocap_subset)
     cfg = make_frontend(corpus, window_s, input_type)
     tcfg = make_train_config(preset, kw)
-    if requantize:
-        redone = redo_int8(utts, cfg, out, progress=sys.stderr.isatty())
-        click.echo(f"re-quantized folds: {', '.join(redone) or 'none'}", err=True)
     chosen = speakers.split(",") if speakers else None
+    if requantize:
+        redone = redo_int8(utts, cfg, out, progress=sys.stderr.isatty(), train_config=tcfg,
+                           speakers=chosen)
+        click.echo(f"re-quantized folds: {', '.join(redone) or 'none'}", err=True)
     try:
         report = run_cv(utts, labels, cfg, tcfg, out, speakers=chosen, jobs=jobs, int8=int8,
                         progress=sys.stderr.isatty())
@@ -143,7 +146,10 @@ def cv(corpus, data, iemocap_subset, window_s, input_type, preset, out, speakers
 @train_options
 @opt("--out", type=click.Path(path_type=Path), default=Path("runs/final/model.pt"), show_default=True,
      help="Checkpoint to write.")
-def train(corpus, data, iemocap_subset, window_s, input_type, preset, out, **kw):
+@opt("--finetune-only", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+     help="Skip training: only the int8 fine-tuning (--qat-epochs ...) of this checkpoint, "
+          "trained on the same corpus with the same recipe; the result equals a full run.")
+def train(corpus, data, iemocap_subset, window_s, input_type, preset, out, finetune_only, **kw):
     """Train Light-SERNet on every speaker of a corpus (the artifact's model).
 
     Prints the parameter count and MFLOPs per window. Short mode: --epochs 1.
@@ -154,6 +160,21 @@ def train(corpus, data, iemocap_subset, window_s, input_type, preset, out, **kw)
     utts, labels = load(corpus, data, iemocap_subset)
     cfg = make_frontend(corpus, window_s, input_type)
     tcfg = make_train_config(preset, kw)
+    if finetune_only is not None:
+        if not tcfg.qat_epochs:
+            raise click.UsageError("--finetune-only needs --qat-epochs > 0")
+        import numpy as np
+
+        from training import features
+        from training.qat import finetune_checkpoint
+
+        tr = features.build(utts, cfg, "train", progress=sys.stderr.isatty())
+        try:
+            finetune_checkpoint(finetune_only, out, tr, np.arange(len(utts)), tcfg, frontend=cfg)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
+        click.echo(f"checkpoint: {out}")
+        return
     net = LightSERNet(len(labels))
     click.echo(f"Light-SERNet: {count_parameters(net):,} parameters, "
                f"{count_mflops(net, cfg.input_shape):.1f} MFLOPs per {cfg.window_s:g} s window")

@@ -43,6 +43,10 @@ class TrainConfig:
     teachers: int = 0                 # distil from this many models (seeds seed+1..) of the same recipe
     distill_weight: float = 0.0       # with teachers: weight of the teachers' soft targets
     distill_temperature: float = 2.0  # softmax temperature of the distillation term
+    qat_epochs: int = 0               # int8 agreement fine-tuning after training (training/qat.py)
+    qat_lr: float = 1e-4
+    qat_windows: int = 1024           # training windows per fine-tuning epoch
+    qat_mismatch: float = 1.0         # weight of the simulated-int8 vs fp32 logit difference
     seed: int = 0
     threads: int = 0                  # torch intra-op threads; 0 = torch default
     device: str = "auto"              # auto (cuda when present) | cpu | cuda
@@ -63,6 +67,9 @@ class TrainConfig:
                              "--distill-weight in (0, 1], and a distill weight needs teachers")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise ValueError(f"distill_weight must be in [0, 1], not {self.distill_weight}")
+        if self.qat_epochs < 0 or self.qat_windows < 1 or self.qat_lr <= 0 or self.qat_mismatch < 0:
+            raise ValueError("qat_epochs must be >= 0, qat_windows >= 1, qat_lr > 0 and "
+                             "qat_mismatch >= 0")
         if self.distill_temperature <= 0:
             raise ValueError(f"distill_temperature must be > 0, not {self.distill_temperature}")
         for name, allowed in choices.items():
@@ -76,8 +83,9 @@ class TrainConfig:
 
     @property
     def total_epochs(self) -> int:
-        """Epochs of all models trained for this config (teachers, then the student)."""
-        return self.epochs * (1 + self.teachers)
+        """Epochs of all models trained for this config (teachers, the student, then its int8
+        fine-tuning)."""
+        return self.epochs * (1 + self.teachers) + self.qat_epochs
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,7 +96,7 @@ PRESETS: dict[str, TrainConfig] = {
     "robust": TrainConfig(epochs=120, lr=2e-3, schedule="onecycle", weight_decay=1e-6,
                           label_smoothing=0.1, class_balanced=True, mixup_alpha=0.2,
                           time_masks=2, freq_masks=2, augment=True, random_crop=True,
-                          ema_decay=0.99),
+                          ema_decay=0.99, qat_epochs=6),
 }
 
 

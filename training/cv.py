@@ -76,6 +76,10 @@ def run_fold(job: FoldJob, queue=None) -> dict:
     p32_torch = predict_windows(result.model, test_feats)
     out = {"speaker": job.speaker, "utterances": [int(i) for i in np.unique(test_utt)],
            "y_true": [int(y[i]) for i in np.unique(test_utt)]}
+    if job.train_config.qat_epochs:
+        from training.qat import qat_settings
+
+        out["qat"] = qat_settings(job.train_config)
     _, pooled = pool_by_utterance(p32_torch, test_utt)
     out["fp32_probs"] = pooled.round(6).tolist()
     if result.teachers:  # what the ensemble the student learned from scores (diagnostic)
@@ -142,13 +146,18 @@ def channel_eval(utterances: list[Utterance], cfg: FrontendConfig, onnx_path: Pa
 
 
 def requantize(utterances: list[Utterance], frontend: FrontendConfig, out_dir: Path,
-               progress: bool = True, cache_dir: Path | None = features.DEFAULT_CACHE) -> list[str]:
+               progress: bool = True, cache_dir: Path | None = features.DEFAULT_CACHE,
+               train_config: TrainConfig | None = None,
+               speakers: list[str] | None = None) -> list[str]:
     """Re-run the int8 step of every finished fold with the current recipe.
 
-    The fp32 fold models are untouched; only post-training quantization is redone, calibrated
-    on each fold's training speakers as before. A fold trained without int8 (``--no-int8``:
-    only ``model.pt``) first gets its fp32 ONNX exported from that checkpoint, so a long fp32
-    CV can be scored in int8 afterwards. Returns the speakers redone.
+    Post-training quantization is redone, calibrated on each fold's training speakers as
+    before. A fold trained without int8 (``--no-int8``: only ``model.pt``) first gets its fp32
+    ONNX exported from that checkpoint, so a long fp32 CV can be scored in int8 afterwards.
+    With ``train_config.qat_epochs`` a fold not yet fine-tuned for int8 is fine-tuned first
+    (:func:`training.qat.finetune_for_int8`, on its training speakers; the checkpoint before it
+    is kept as ``model.pre_qat.pt``) and its fp32 scores are redone; otherwise the fp32 fold
+    models are untouched. ``speakers``: only these folds. Returns the speakers redone.
     """
     tr = features.build(utterances, frontend, "train", cache_dir=cache_dir, progress=progress)
     ev = features.build(utterances, frontend, "eval", cache_dir=cache_dir, progress=progress)
@@ -159,7 +168,15 @@ def requantize(utterances: list[Utterance], frontend: FrontendConfig, out_dir: P
     for result_path in sorted(Path(out_dir).glob("folds/*/result.json")):
         fold_dir = result_path.parent
         r = json.loads(result_path.read_text())
+        if speakers and r["speaker"] not in speakers:
+            continue
         fp32_path = fold_dir / "model.fp32.onnx"
+        train_ids = np.flatnonzero(spk != r["speaker"])
+        test_ids = np.flatnonzero(spk == r["speaker"])
+        rows = np.isin(ev.utt, test_ids)
+        if train_config is not None and train_config.qat_epochs and "qat" not in r:
+            r.update(finetune_fold(fold_dir, tr, train_ids, ev.features[rows].astype(np.float32),
+                                   ev.utt[rows], frontend, train_config))
         if not fp32_path.is_file() and (fold_dir / "model.pt").is_file():
             from training import checkpoint
             from training.export import export_onnx
@@ -168,9 +185,6 @@ def requantize(utterances: list[Utterance], frontend: FrontendConfig, out_dir: P
             export_onnx(model.eval(), fp32_path, frontend.input_shape)
         if not fp32_path.is_file():
             continue
-        train_ids = np.flatnonzero(spk != r["speaker"])
-        test_ids = np.flatnonzero(spk == r["speaker"])
-        rows = np.isin(ev.utt, test_ids)
         r.update(int8_eval(fold_dir, fp32_path, tr, train_ids, ev.features[rows].astype(np.float32),
                            ev.utt[rows], np.asarray(r["fp32_probs"]), seed))
         r["channel_int8_probs"] = channel_eval(utterances, frontend, fold_dir / "model.int8.onnx",
@@ -179,6 +193,28 @@ def requantize(utterances: list[Utterance], frontend: FrontendConfig, out_dir: P
         result_path.write_text(json.dumps(r))
         done.append(r["speaker"])
     return done
+
+
+def finetune_fold(fold_dir: Path, tr, train_ids: np.ndarray, test_feats: np.ndarray,
+                  test_utt: np.ndarray, frontend: FrontendConfig, cfg: TrainConfig) -> dict:
+    """int8 agreement fine-tuning of a finished fold's ``model.pt`` (kept as ``model.pre_qat.pt``)
+    on its training speakers; re-exports the fp32 ONNX and returns the fold's new fp32 scores."""
+    import shutil
+
+    import torch
+
+    from training.export import export_onnx
+    from training.qat import finetune_checkpoint, qat_settings
+    from training.train import pool_by_utterance, predict_windows
+
+    torch.set_num_threads(max(1, cfg.threads or 1))
+    original = fold_dir / "model.pre_qat.pt"
+    if not original.is_file():
+        shutil.copy2(fold_dir / "model.pt", original)
+    tuned = finetune_checkpoint(original, fold_dir / "model.pt", tr, train_ids, cfg)
+    export_onnx(tuned, fold_dir / "model.fp32.onnx", frontend.input_shape)
+    _, pooled = pool_by_utterance(predict_windows(tuned, test_feats), test_utt)
+    return {"fp32_probs": pooled.round(6).tolist(), "qat": qat_settings(cfg)}
 
 
 def run_cv(utterances: list[Utterance], labels: list[str], frontend: FrontendConfig,

@@ -2,16 +2,22 @@
 
 int8 recipe (:func:`quantize_model`, what the artifact and every CV fold ship):
 
-1. average poolings that tile their input exactly become the identical depthwise convolutions
-   (onnxruntime's int8 AveragePool is slow; its depthwise QLinearConv is fast);
+1. average poolings become the identical depthwise convolutions (onnxruntime's int8
+   AveragePool is slow; its depthwise QLinearConv is fast), the one ceil-mode pooling that
+   overhangs its input by a row after an edge ``Pad`` (exact);
 2. BatchNorm folds into the convolutions (onnxruntime's quantization pre-processing);
-3. QDQ static quantization of Conv/Gemm: per-channel symmetric int8 weights, uint8
+3. QDQ static quantization of Conv/Gemm/Pad: per-channel symmetric int8 weights, uint8
    activations calibrated (MinMax) on training windows;
-4. the three input convolutions stay fp32: quantizing the MFCC input to uint8 (step ~0.08 over
-   +-10) flipped 5-22 % of a fold's predictions; kept in fp32 agreement is ~100 % (they are
-   4 % of the MACs);
+4. the input stage (three convolutions on the MFCCs and their poolings) stays fp32: quantizing
+   the MFCC input to uint8 (step ~0.08 over +-10) flipped 5-22 % of a fold's predictions, and
+   with the poolings in fp32 too the int8 part starts at the concatenation, one NHWC uint8
+   block without dequantize/quantize round trips (``recipe="input-convs-fp32"`` is the
+   previous recipe, only the convolutions in fp32);
 5. (:func:`quantize_selected`) four seeded calibration sets, keeping the int8 model that agrees
    best with fp32 on augmented training windows.
+
+Models trained with ``--qat-epochs`` (:mod:`training.qat`) arrive here already fine-tuned to
+agree with their int8 twin.
 """
 
 from __future__ import annotations
@@ -74,7 +80,7 @@ class _Calibration:
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray,
                   method: str = "minmax", op_types: tuple[str, ...] = ("Conv", "Gemm", "MatMul"),
                   nodes_to_exclude: list[str] | None = None, input_name: str = INPUT_NAME,
-                  pools_as_depthwise: bool = False) -> Path:
+                  pools_as_depthwise: bool = False, edge_pad: bool = False) -> Path:
     """Static QDQ int8 of Conv/Gemm, calibrated on ``calibration`` windows (N, T, F).
 
     ``op_types``/``nodes_to_exclude``/``input_name`` let other graphs (the fused waveform model,
@@ -93,7 +99,7 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.
     with tempfile.TemporaryDirectory() as tmp:
         prepped = Path(tmp) / "prepped.onnx"
         if pools_as_depthwise:
-            fp32_path = pools_to_depthwise(fp32_path, Path(tmp) / "dwpool.onnx")
+            fp32_path = pools_to_depthwise(fp32_path, Path(tmp) / "dwpool.onnx", edge_pad=edge_pad)
         quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
         quantize_static(
             str(prepped), str(int8_path), _Calibration(calibration, input_name=input_name),
@@ -126,17 +132,52 @@ def input_conv_names(onnx_path: str | Path) -> list[str]:
     return names
 
 
-def quantize_model(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray) -> Path:
-    """The shipped int8 recipe (module docstring): fast and >= 98 % agreement with fp32."""
-    quantize_int8(fp32_path, int8_path, calibration, pools_as_depthwise=True,
-                  nodes_to_exclude=input_conv_names(fp32_path))
+def input_stage_names(onnx_path: str | Path) -> list[str]:
+    """:func:`input_conv_names` plus the average poolings of the three input paths (under the
+    names :func:`pools_to_depthwise` gives them): the whole input stage up to the concatenation."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path)).graph
+    convs = input_conv_names(onnx_path)
+    fed = {out for node in graph.node if node.name in convs for out in node.output}
+    pools = []
+    for node in graph.node:
+        if not fed.intersection(node.input) or node.op_type == "Concat":
+            continue
+        fed.update(node.output)
+        if node.op_type == "AveragePool":
+            pools += [node.name, node.name + "/dw"]
+    return convs + pools
+
+
+INT8_RECIPES = ("input-stage-fp32", "input-convs-fp32")
+
+
+def quantize_model(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray,
+                   recipe: str = INT8_RECIPES[0]) -> Path:
+    """The shipped int8 recipe (module docstring).
+
+    ``input-stage-fp32`` (shipped): the whole input stage -- the three convolutions and their
+    poolings -- stays fp32, so the first rounding is at the concatenation; the 23 -> 12 ceil-mode
+    pooling becomes an edge ``Pad`` plus a depthwise convolution, so the int8 part has no
+    pooling kernel and no dequantize/quantize round trip left around one.
+    ``input-convs-fp32`` (the previous recipe): only the three input convolutions stay fp32."""
+    if recipe == "input-stage-fp32":
+        quantize_int8(fp32_path, int8_path, calibration, pools_as_depthwise=True, edge_pad=True,
+                      op_types=("Conv", "Gemm", "MatMul", "Pad"),
+                      nodes_to_exclude=input_stage_names(fp32_path))
+    elif recipe == "input-convs-fp32":
+        quantize_int8(fp32_path, int8_path, calibration, pools_as_depthwise=True,
+                      nodes_to_exclude=input_conv_names(fp32_path))
+    else:
+        raise ValueError(f"unknown int8 recipe {recipe!r}; choose from {', '.join(INT8_RECIPES)}")
     return compact_names(int8_path)
 
 
 def quantize_selected(fp32_path: str | Path, int8_path: str | Path, windows: np.ndarray,
                       clean_rows: np.ndarray, check_rows: np.ndarray, seed: int = 0,
                       candidates: int = 4, calib_windows: int = 256,
-                      check_windows: int = 2048) -> tuple[Path, dict]:
+                      check_windows: int = 2048, recipe: str = INT8_RECIPES[0]) -> tuple[Path, dict]:
     """:func:`quantize_model` with its calibration set chosen on training data only.
 
     ``candidates`` calibration sets of ``calib_windows`` clean windows (``clean_rows`` of
@@ -156,12 +197,12 @@ def quantize_selected(fp32_path: str | Path, int8_path: str | Path, windows: np.
             rows = np.sort(np.random.default_rng(seed + k).choice(
                 clean_rows, size=min(calib_windows, len(clean_rows)), replace=False))
             path = quantize_model(fp32_path, Path(tmp) / f"candidate{k}.onnx",
-                                  windows[rows].astype(np.float32))
+                                  windows[rows].astype(np.float32), recipe=recipe)
             scores_.append(agreement(p32, ort_scores(path, check)))
             if best is None or scores_[-1] > scores_[best]:
                 best = k
         Path(tmp, f"candidate{best}.onnx").replace(int8_path)
-    return int8_path, {"candidates": len(scores_), "picked": best, "calibration_windows":
+    return int8_path, {"recipe": recipe, "candidates": len(scores_), "picked": best, "calibration_windows":
                        min(calib_windows, len(clean_rows)), "check_windows": len(check),
                        "check_agreement": [round(100 * a, 2) for a in scores_]}
 
@@ -200,13 +241,15 @@ def compact_names(path: str | Path) -> Path:
 FAST_OP_TYPES = ("Conv", "Gemm", "MatMul", "AveragePool", "Relu", "Concat")
 
 
-def pools_to_depthwise(src: str | Path, dst: str | Path) -> Path:
+def pools_to_depthwise(src: str | Path, dst: str | Path, edge_pad: bool = False) -> Path:
     """Replace each average pooling that tiles its input exactly by the equivalent depthwise
     convolution (kernel = stride = pool size, every weight 1/(kh*kw), no bias).
 
     ``AvgPool(k, stride=k)`` over an input whose size is a multiple of ``k`` is exactly that
-    convolution, so the published architecture and its arithmetic are kept; the pooling whose
-    ``ceil_mode`` window overhangs the edge (23 -> 12 frames) stays an AveragePool.
+    convolution, so the published architecture and its arithmetic are kept. The pooling whose
+    ``ceil_mode`` window overhangs the edge by one row (23 -> 12 frames) stays an AveragePool,
+    or with ``edge_pad`` becomes the same convolution after repeating the last row (``Pad``
+    mode edge), which is exact too: that last window averages its one valid row.
     onnxruntime then runs NHWC depthwise QLinearConv kernels instead of its slow
     (QLinear)AveragePool.
     """
@@ -224,18 +267,30 @@ def pools_to_depthwise(src: str | Path, dst: str | Path) -> Path:
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
         kh, kw = attrs["kernel_shape"]
         shape = shapes.get(n.input[0])
-        exact = (bool(shape) and len(shape) == 4 and shape[1] > 0 and shape[2] > 0
-                 and shape[3] > 0 and shape[2] % kh == 0 and shape[3] % kw == 0
-                 and list(attrs.get("strides", [kh, kw])) == [kh, kw]
+        tiles = (bool(shape) and len(shape) == 4 and shape[1] > 0 and shape[2] > 0
+                 and shape[3] > 0 and list(attrs.get("strides", [kh, kw])) == [kh, kw]
                  and not any(attrs.get("pads", [0, 0, 0, 0])))
-        if not exact:
+        # ceil_mode with one row/column overhanging (no explicit pads): that window averages
+        # its valid elements only, which is what repeating the edge row/column gives
+        extra = [(-shape[2]) % kh, (-shape[3]) % kw] if tiles else [0, 0]
+        overhang_ok = (attrs.get("ceil_mode", 0) == 1 and extra[0] in (0, 1) and extra[1] in (0, 1)
+                       and (extra[0] == 0 or kh == 2) and (extra[1] == 0 or kw == 2))
+        if not tiles or (any(extra) and not (edge_pad and overhang_ok)):
             out.append(n)
             continue
+        source = n.input[0]
+        if any(extra):
+            pads_name = n.name + "/edge_pads"
+            model.graph.initializer.append(numpy_helper.from_array(
+                np.array([0, 0, 0, 0, 0, 0, extra[0], extra[1]], dtype=np.int64), pads_name))
+            source = n.name + "/edge_padded"
+            out.append(helper.make_node("Pad", [n.input[0], pads_name], [source],
+                                        name=n.name + "/edge", mode="edge"))
         channels = shape[1]
         w_name = n.name + "/dw_weight"
         weight = np.full((channels, 1, kh, kw), 1.0 / (kh * kw), dtype=np.float32)
         model.graph.initializer.append(numpy_helper.from_array(weight, w_name))
-        out.append(helper.make_node("Conv", [n.input[0], w_name], list(n.output),
+        out.append(helper.make_node("Conv", [source, w_name], list(n.output),
                                     name=n.name + "/dw", group=channels,
                                     kernel_shape=[kh, kw], strides=[kh, kw]))
     del model.graph.node[:]

@@ -25,8 +25,9 @@ def fit(utterances: list[Utterance], labels: list[str], cfg: FrontendConfig, tcf
         task = bar.add_task("train (all speakers)", total=tcfg.total_epochs)
 
         def on_epoch(epoch: int, stats: dict) -> None:
+            acc = f" acc {stats['train_acc']:.2f}" if "train_acc" in stats else ""
             bar.update(task, completed=epoch,
-                       description=f"train loss {stats['loss']:.3f} acc {stats['train_acc']:.2f}")
+                       description=f"{stats.get('phase', 'train')} loss {stats['loss']:.3f}{acc}")
 
         result = train_distilled(data, y, ids, len(labels), tcfg, on_epoch=on_epoch)
     return checkpoint.save(out, result.model, labels, cfg, tcfg.to_dict(), history=result.history,

@@ -221,8 +221,9 @@ def train(data: FeatureSet, labels: np.ndarray, utt_ids: np.ndarray, num_classes
 def train_distilled(data: FeatureSet, labels: np.ndarray, utt_ids: np.ndarray, num_classes: int,
                     cfg: TrainConfig, on_epoch: Callable[[int, dict], None] | None = None) -> TrainResult:
     """:func:`train`, first training ``cfg.teachers`` teachers (the same recipe and data, seeds
-    ``seed + 1`` ...) when asked, then the student distilled from their ensemble. ``on_epoch``
-    counts epochs over all of them (``cfg.total_epochs``)."""
+    ``seed + 1`` ...) when asked, then the student distilled from their ensemble, then (with
+    ``cfg.qat_epochs``) the student's int8 agreement fine-tuning (:mod:`training.qat`).
+    ``on_epoch`` counts epochs over all of them (``cfg.total_epochs``)."""
     teachers = []
     for k in range(cfg.teachers):
         tcfg = replace(cfg, seed=cfg.seed + 1 + k, teachers=0, distill_weight=0.0)
@@ -233,6 +234,12 @@ def train_distilled(data: FeatureSet, labels: np.ndarray, utt_ids: np.ndarray, n
     cb = (lambda e, st: on_epoch(done + e, st)) if on_epoch else None
     result = train(data, labels, utt_ids, num_classes, cfg, on_epoch=cb, teachers=teachers or None)
     result.teachers = [t.to("cpu").eval() for t in teachers]
+    if cfg.qat_epochs:
+        from training.qat import finetune_for_int8
+
+        done = cfg.total_epochs - cfg.qat_epochs
+        cb = (lambda e, st: on_epoch(done + e, {**st, "phase": "int8 fine-tune"})) if on_epoch else None
+        result.model = finetune_for_int8(result.model, data, utt_ids, cfg, on_epoch=cb)
     return result
 
 
