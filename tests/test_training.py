@@ -112,7 +112,7 @@ def test_distillation_settings_go_together():
     with pytest.raises(ValueError, match="go together"):
         preset("robust", distill_weight=0.5)
     cfg = preset("robust", teachers=2, distill_weight=0.7, epochs=3)
-    assert cfg.total_epochs == 9
+    assert cfg.total_epochs == 3 * 3 + 6  # two teachers and the student, then int8 fine-tuning
 
 
 def test_distilled_training_trains_teachers_then_the_student(emodb_root):
