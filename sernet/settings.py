@@ -68,7 +68,6 @@ class Settings:
     reorder_timeout_s: float = 2.0
     vad_threshold_dbfs: float = -45.0
     # -- operations
-    malloc_arenas: int = 2
     web_port: int = 6066
     log_level: str = "INFO"
 
@@ -95,8 +94,6 @@ class Settings:
             raise bad("hop_s", f"hop {self.hop_s} s exceeds the window {self.window_s} s")
         if self.batch_wait_ms < 0:
             raise bad("batch_wait_ms", "must be >= 0")
-        if self.malloc_arenas < 0:
-            raise bad("malloc_arenas", "must be >= 0 (0: glibc's default)")
         if self.heartbeat_s >= self.session_timeout_s:
             raise bad("heartbeat_s", "must be shorter than the session timeout")
         if not 0 <= self.web_port < 65536:
@@ -211,7 +208,6 @@ FIELDS: dict[str, FieldSpec] = {
     "streaming_frontend": FieldSpec("SERNET_STREAMING_FRONTEND", int, "1: reuse each speaker's mel frames across windows, bit-identical to computing each window from scratch (0), about half the frontend CPU."),
     "model_dir": FieldSpec("SERNET_MODEL_DIR", _opt_str, "Model artifact directory (default: model_artifacts/)."),
     "threads": FieldSpec("SERNET_THREADS", int, "onnxruntime intra-op threads."),
-    "malloc_arenas": FieldSpec("SERNET_MALLOC_ARENAS", int, "Cap on glibc malloc arenas in the worker, with a fixed 128 KiB mmap threshold so freed window buffers leave the process (0: glibc's defaults)."),
     "idle_timeout_s": FieldSpec("SERNET_IDLE_TIMEOUT_S", float, "Flush a speaker silent for this long, seconds."),
     "max_speakers": FieldSpec("SERNET_MAX_SPEAKERS", int, "Live speakers per worker; the least recent is flushed beyond."),
     "max_buffer_s": FieldSpec("SERNET_MAX_BUFFER_S", float, "Per-speaker cap on buffered and gap-filled audio, seconds."),

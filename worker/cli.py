@@ -17,7 +17,7 @@ WORKER_OPTIONS = (*KAFKA_OPTIONS, "input_topic", "output_topic", "dlq_topic", "p
                   "consumer_group", "session_timeout_s", "heartbeat_s", "fetch_max_wait_ms", "window_s", "hop_s",
                   "batch_size", "batch_wait_ms", "streaming_frontend", "model_dir", "threads", "idle_timeout_s",
                   "max_speakers", "max_buffer_s", "max_reorder_chunks", "reorder_timeout_s",
-                  "vad_threshold_dbfs", "malloc_arenas", "web_port", "log_level")
+                  "vad_threshold_dbfs", "web_port", "log_level")
 
 
 def _settings(values: dict[str, Any]) -> Settings:
@@ -43,13 +43,9 @@ def worker(create_topics: bool, **values: Any) -> None:
     # matmuls 3-10x costlier (bench/README.md); the worker scales with processes instead.
     for var in BLAS_THREAD_VARS:
         os.environ.setdefault(var, "1")
-    settings = _settings(values)
-    from worker.memory import limit_malloc
-
-    limit_malloc(settings.malloc_arenas)  # before the worker's threads start
     from worker.app import run_worker
 
-    run_worker(settings, create_topics=create_topics)
+    run_worker(_settings(values), create_topics=create_topics)
 
 
 @click.command("broker", context_settings=CTX)
