@@ -38,6 +38,25 @@ def calibration_features(n: int = 64, seed: int = 0) -> np.ndarray:
     return batch_features(windows, cfg)
 
 
+def random_model(seed: int = 0, num_classes: int = len(LABELS)):
+    """A random-weight LightSERNet (eval mode) whose BatchNorms carry non-trivial statistics,
+    so BN folding is exercised as in a trained model."""
+    import torch
+
+    from training.model import LightSERNet
+
+    torch.manual_seed(seed)
+    net = LightSERNet(num_classes=num_classes).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    return net
+
+
 def build_fixture(directory: Path = CACHE, seed: int = 0) -> Path:
     """Random-weight fp32 + int8 (``training.export.quantize_int8`` defaults) artifact."""
     if (directory / MANIFEST).is_file():
@@ -49,21 +68,11 @@ def build_fixture(directory: Path = CACHE, seed: int = 0) -> Path:
     import torch
 
     from training.export import export_onnx, quantize_int8
-    from training.model import LightSERNet
 
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.manual_seed(seed)
-    net = LightSERNet(num_classes=len(LABELS)).eval()
-    # non-trivial BN statistics so folding is exercised like in a trained model
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.1, 0.1)
+    net = random_model(seed)
     torch.save(net.state_dict(), tmp / CHECKPOINT)
     cfg = FrontendConfig()
     fp32, int8 = "light-sernet.fp32.onnx", "light-sernet.int8.onnx"

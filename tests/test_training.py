@@ -329,16 +329,9 @@ class TestCommittedArtifact:
 
 def _trained_looking_model(seed: int = 0) -> LightSERNet:
     """A random model whose BatchNorms carry non-trivial statistics (as after training)."""
-    torch.manual_seed(seed)
-    model = LightSERNet(7)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    return model.eval()
+    from bench.fixture import random_model
+
+    return random_model(seed)
 
 
 def test_batchnorm_folding_keeps_the_function_and_leaves_a_bias():
