@@ -430,7 +430,7 @@ def test_int8_recipe_keeps_the_input_stage_fp32_and_no_pooling_kernel(tmp_path):
     assert np.abs(run(plain) - run(fp32)).max() < 1e-6
 
     stage = input_stage_names(fp32)
-    assert len(stage) == 3 + 2 * 3  # three convs, three pools (and their depthwise names)
+    assert len(stage) == 3 + 3 + 2 * 3  # three convs, ReLUs, pools (and their depthwise names)
     int8 = quantize_model(fp32, tmp_path / "m8.onnx", x)
     graph = onnx.load(str(int8)).graph
     weights = {i.name: i for i in graph.initializer}
@@ -440,5 +440,9 @@ def test_int8_recipe_keeps_the_input_stage_fp32_and_no_pooling_kernel(tmp_path):
     assert len(float_convs) == 6  # input convs and their pools stay fp32, the rest is int8
     assert "AveragePool" not in [n.op_type for n in graph.node]
     assert np.mean(run(int8).argmax(1) == run(fp32).argmax(1)) >= 0.5
+    relus = lambda p: [n.op_type for n in onnx.load(str(p)).graph.node].count("Relu")  # noqa: E731
+    fused = quantize_model(fp32, tmp_path / "fused.onnx", x, recipe="fused-relu")
+    assert relus(fused) == 3 < relus(int8)  # only the fp32 input paths keep a ReLU op
+    assert np.mean(run(fused).argmax(1) == run(fp32).argmax(1)) >= 0.5
     with pytest.raises(ValueError, match="unknown int8 recipe"):
         quantize_model(fp32, tmp_path / "x.onnx", x, recipe="nope")

@@ -133,24 +133,24 @@ def input_conv_names(onnx_path: str | Path) -> list[str]:
 
 
 def input_stage_names(onnx_path: str | Path) -> list[str]:
-    """:func:`input_conv_names` plus the average poolings of the three input paths (under the
-    names :func:`pools_to_depthwise` gives them): the whole input stage up to the concatenation."""
+    """:func:`input_conv_names` plus every node after them up to the concatenation (activations,
+    and the average poolings also under the names :func:`pools_to_depthwise` gives them): the
+    whole input stage."""
     import onnx
 
     graph = onnx.load(str(onnx_path)).graph
     convs = input_conv_names(onnx_path)
     fed = {out for node in graph.node if node.name in convs for out in node.output}
-    pools = []
+    rest = []
     for node in graph.node:
         if not fed.intersection(node.input) or node.op_type == "Concat":
             continue
         fed.update(node.output)
-        if node.op_type == "AveragePool":
-            pools += [node.name, node.name + "/dw"]
-    return convs + pools
+        rest += [node.name, node.name + "/dw"] if node.op_type == "AveragePool" else [node.name]
+    return convs + rest
 
 
-INT8_RECIPES = ("input-stage-fp32", "input-convs-fp32")
+INT8_RECIPES = ("input-stage-fp32", "fused-relu", "input-convs-fp32")
 
 
 def quantize_model(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray,
@@ -161,10 +161,16 @@ def quantize_model(fp32_path: str | Path, int8_path: str | Path, calibration: np
     poolings -- stays fp32, so the first rounding is at the concatenation; the 23 -> 12 ceil-mode
     pooling becomes an edge ``Pad`` plus a depthwise convolution, so the int8 part has no
     pooling kernel and no dequantize/quantize round trip left around one.
+    ``fused-relu``: the same, and each ReLU is quantized with the convolution before it (its
+    range becomes the convolution's output range: one rounding, no dequantize/quantize pair).
     ``input-convs-fp32`` (the previous recipe): only the three input convolutions stay fp32."""
     if recipe == "input-stage-fp32":
         quantize_int8(fp32_path, int8_path, calibration, pools_as_depthwise=True, edge_pad=True,
                       op_types=("Conv", "Gemm", "MatMul", "Pad"),
+                      nodes_to_exclude=input_stage_names(fp32_path))
+    elif recipe == "fused-relu":
+        quantize_int8(fp32_path, int8_path, calibration, pools_as_depthwise=True, edge_pad=True,
+                      op_types=("Conv", "Gemm", "MatMul", "Pad", "Relu"),
                       nodes_to_exclude=input_stage_names(fp32_path))
     elif recipe == "input-convs-fp32":
         quantize_int8(fp32_path, int8_path, calibration, pools_as_depthwise=True,
