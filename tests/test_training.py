@@ -216,6 +216,25 @@ def test_short_mode_export_writes_a_complete_artifact(short_run):
     assert sernet("validate", "--artifact", short_run, "--no-corpus").returncode == 0
 
 
+def test_train_finetune_only_adds_the_int8_fine_tuning_to_a_checkpoint(short_run, emodb_root, tmp_path):
+    ckpt = short_run.parent / "model.pt"
+    out = tmp_path / "tuned.pt"
+    bad = sernet("train", "--data", emodb_root, "--preset", "robust", "--qat-epochs", "0",
+                 "--finetune-only", ckpt, "--out", out, check=False)
+    assert bad.returncode == 2 and "--qat-epochs" in bad.stderr and not out.exists()
+    sernet("train", "--data", emodb_root, "--preset", "robust", "--qat-epochs", "1",
+           "--qat-windows", "16", "--threads", "2", "--finetune-only", ckpt, "--out", out)
+    before = torch.load(ckpt, weights_only=False)
+    after = torch.load(out, weights_only=False)
+    assert after["train_config"]["qat_epochs"] == 1 and after["train_config"]["epochs"] == 1
+    assert after["data_fingerprint"] == before["data_fingerprint"]
+    changed = [k for k in before["state_dict"] if not torch.equal(before["state_dict"][k], after["state_dict"][k])]
+    assert any(k.startswith("body.0.weight") for k in changed)  # BN folded in, weights tuned
+    wrong = sernet("train", "--data", emodb_root, "--preset", "robust", "--window-s", "2",
+                   "--qat-windows", "16", "--finetune-only", ckpt, "--out", tmp_path / "x.pt", check=False)
+    assert wrong.returncode == 2 and "another frontend" in wrong.stderr
+
+
 def test_validate_fails_on_a_tampered_model(short_run, tmp_path):
     art = tmp_path / "art"
     shutil.copytree(short_run, art)

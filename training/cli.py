@@ -165,14 +165,15 @@ def train(corpus, data, iemocap_subset, window_s, input_type, preset, out, finet
             raise click.UsageError("--finetune-only needs --qat-epochs > 0")
         import numpy as np
 
-        from training import features
+        from training import checkpoint, features
         from training.qat import finetune_checkpoint
+        from worker.frontend import FrontendConfig
 
+        if FrontendConfig.from_dict(checkpoint.load(finetune_only)[1]["frontend"]) != cfg:
+            raise click.UsageError(f"{finetune_only} was trained with another frontend than the "
+                                   "one asked for (window length or input type)")
         tr = features.build(utts, cfg, "train", progress=sys.stderr.isatty())
-        try:
-            finetune_checkpoint(finetune_only, out, tr, np.arange(len(utts)), tcfg, frontend=cfg)
-        except ValueError as exc:
-            raise click.UsageError(str(exc)) from exc
+        finetune_checkpoint(finetune_only, out, tr, np.arange(len(utts)), tcfg, frontend=cfg)
         click.echo(f"checkpoint: {out}")
         return
     net = LightSERNet(len(labels))
