@@ -14,6 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from bench.fixture import random_model  # noqa: E402
 from training.model import LightSERNet, count_mflops, count_parameters  # noqa: E402
 from worker.artifact import DEFAULT_ARTIFACT_DIR, read_manifest  # noqa: E402
 
@@ -345,18 +346,12 @@ class TestCommittedArtifact:
 
 
 # --------------------------------------------------------------------------- int8 fine-tuning
-
-def _trained_looking_model(seed: int = 0) -> LightSERNet:
-    """A random model whose BatchNorms carry non-trivial statistics (as after training)."""
-    from bench.fixture import random_model
-
-    return random_model(seed)
-
+# random_model: random weights with trained-looking BatchNorm statistics
 
 def test_batchnorm_folding_keeps_the_function_and_leaves_a_bias():
     from training.qat import fold_batchnorm
 
-    model = _trained_looking_model()
+    model = random_model()
     folded = fold_batchnorm(model)
     x = torch.randn(4, 184, 40)
     with torch.no_grad():
@@ -370,7 +365,7 @@ def test_batchnorm_folding_keeps_the_function_and_leaves_a_bias():
 def test_quantization_sim_rounds_weights_to_the_int8_grid_and_changes_outputs():
     from training.qat import QuantSim, fold_batchnorm
 
-    model = fold_batchnorm(_trained_looking_model())
+    model = fold_batchnorm(random_model())
     x = torch.randn(8, 184, 40)
     with torch.no_grad():
         plain = model(x)
@@ -396,7 +391,7 @@ def test_agreement_finetune_pulls_int8_towards_fp32_without_touching_the_input(e
     utts = [u for u in load_emodb(emodb_root) if u.speaker == "03"][:12]
     data = features.build(utts, FrontendConfig(), "train", cache_dir=None, progress=False,
                           variants=("clean",))
-    model = _trained_looking_model(1)
+    model = random_model(1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     losses = []
     tuned = agreement_finetune(model, data.features, epochs=3, lr=1e-3, batch_size=8,
@@ -431,7 +426,7 @@ def test_int8_recipe_keeps_the_input_stage_fp32_and_no_pooling_kernel(tmp_path):
     from training.export import (export_onnx, input_stage_names, pools_to_depthwise,
                                  quantize_model)
 
-    model = _trained_looking_model(2)
+    model = random_model(2)
     fp32 = export_onnx(model, tmp_path / "m.onnx", (184, 40))
     x = np.random.default_rng(0).standard_normal((6, 184, 40)).astype(np.float32) * 3
 

@@ -173,7 +173,7 @@ def train(corpus, data, iemocap_subset, window_s, input_type, preset, out, finet
             raise click.UsageError(f"{finetune_only} was trained with another frontend than the "
                                    "one asked for (window length or input type)")
         tr = features.build(utts, cfg, "train", progress=sys.stderr.isatty())
-        finetune_checkpoint(finetune_only, out, tr, np.arange(len(utts)), tcfg, frontend=cfg)
+        finetune_checkpoint(finetune_only, out, tr, np.arange(len(utts)), tcfg)
         click.echo(f"checkpoint: {out}")
         return
     net = LightSERNet(len(labels))

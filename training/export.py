@@ -119,7 +119,10 @@ def input_conv_names(onnx_path: str | Path) -> list[str]:
     input normalisation (ReduceMean, Sub)."""
     import onnx
 
-    graph = onnx.load(str(onnx_path)).graph
+    return _input_convs(onnx.load(str(onnx_path)).graph)
+
+
+def _input_convs(graph) -> list[str]:
     fed = {graph.input[0].name}
     names = []
     for node in graph.node:
@@ -139,7 +142,7 @@ def input_stage_names(onnx_path: str | Path) -> list[str]:
     import onnx
 
     graph = onnx.load(str(onnx_path)).graph
-    convs = input_conv_names(onnx_path)
+    convs = _input_convs(graph)
     fed = {out for node in graph.node if node.name in convs for out in node.output}
     rest = []
     for node in graph.node:
@@ -150,7 +153,13 @@ def input_stage_names(onnx_path: str | Path) -> list[str]:
     return convs + rest
 
 
-INT8_RECIPES = ("input-stage-fp32", "fused-relu", "input-convs-fp32")
+# recipe -> (op types quantized, nodes left fp32, ceil-mode pool as edge Pad + depthwise conv)
+_RECIPES = {
+    "input-stage-fp32": (("Conv", "Gemm", "MatMul", "Pad"), input_stage_names, True),
+    "fused-relu": (("Conv", "Gemm", "MatMul", "Pad", "Relu"), input_stage_names, True),
+    "input-convs-fp32": (("Conv", "Gemm", "MatMul"), input_conv_names, False),
+}
+INT8_RECIPES = tuple(_RECIPES)
 
 
 def quantize_model(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray,
@@ -164,19 +173,12 @@ def quantize_model(fp32_path: str | Path, int8_path: str | Path, calibration: np
     ``fused-relu``: the same, and each ReLU is quantized with the convolution before it (its
     range becomes the convolution's output range: one rounding, no dequantize/quantize pair).
     ``input-convs-fp32`` (the previous recipe): only the three input convolutions stay fp32."""
-    if recipe == "input-stage-fp32":
-        quantize_int8(fp32_path, int8_path, calibration, pools_as_depthwise=True, edge_pad=True,
-                      op_types=("Conv", "Gemm", "MatMul", "Pad"),
-                      nodes_to_exclude=input_stage_names(fp32_path))
-    elif recipe == "fused-relu":
-        quantize_int8(fp32_path, int8_path, calibration, pools_as_depthwise=True, edge_pad=True,
-                      op_types=("Conv", "Gemm", "MatMul", "Pad", "Relu"),
-                      nodes_to_exclude=input_stage_names(fp32_path))
-    elif recipe == "input-convs-fp32":
-        quantize_int8(fp32_path, int8_path, calibration, pools_as_depthwise=True,
-                      nodes_to_exclude=input_conv_names(fp32_path))
-    else:
+    if recipe not in _RECIPES:
         raise ValueError(f"unknown int8 recipe {recipe!r}; choose from {', '.join(INT8_RECIPES)}")
+    op_types, fp32_nodes, edge_pad = _RECIPES[recipe]
+    quantize_int8(fp32_path, int8_path, calibration, op_types=op_types,
+                  nodes_to_exclude=fp32_nodes(fp32_path), pools_as_depthwise=True,
+                  edge_pad=edge_pad)
     return compact_names(int8_path)
 
 

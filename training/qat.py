@@ -220,17 +220,14 @@ def qat_settings(cfg: TrainConfig) -> dict:
 
 
 def finetune_checkpoint(src: Path, dst: Path, data: FeatureSet, utt_ids: np.ndarray,
-                        cfg: TrainConfig, frontend=None) -> LightSERNet:
-    """:func:`finetune_for_int8` of the model in checkpoint ``src``; writes ``dst`` with the same
-    labels, frontend and metadata and the ``qat_*`` settings added to its training config.
-    ``frontend``: the configuration ``data`` was computed with; must equal the checkpoint's."""
+                        cfg: TrainConfig) -> LightSERNet:
+    """:func:`finetune_for_int8` of the model in checkpoint ``src`` (``data`` computed with the
+    checkpoint's frontend); writes ``dst`` with the same labels, frontend and metadata and the
+    ``qat_*`` settings added to its training config."""
     from training import checkpoint
     from worker.frontend import FrontendConfig
 
     model, blob = checkpoint.load(src)
-    if frontend is not None and FrontendConfig.from_dict(blob["frontend"]) != frontend:
-        raise ValueError(f"{src} was trained with another frontend than the one asked for "
-                         "(window length or input type)")
     tuned = finetune_for_int8(model, data, utt_ids, cfg)
     meta = {k: v for k, v in blob.items()
             if k not in ("state_dict", "labels", "frontend", "train_config")}
