@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from worker.frontend import FrontendConfig, window_features
-from worker.streaming_frontend import StreamingFrontend, percentile_from_top, top_k_count
+from worker.frontend import peak_scale
+from worker.streaming_frontend import (StreamingFrontend, block_maxima, gain_from_block_maxima,
+                                         percentile_from_top, top_k_count)
 
 CFG = FrontendConfig()
 N = CFG.window_samples
@@ -62,6 +64,31 @@ def test_percentile_from_top_matches_numpy() -> None:
         top = np.sort(v)[-k - 5 :]
         assert percentile_from_top(rng.permutation(top), n, 99.9) == pytest.approx(
             float(np.percentile(v, 99.9)), rel=1e-6)
+
+
+@pytest.mark.parametrize("case", ["speech", "int16_ties", "silence", "constant", "one_spike",
+                                  "loud_tail", "short_window"])
+def test_gain_from_block_maxima_equals_peak_scale(case: str) -> None:
+    """The block-maximum search gives numpy's percentile gain exactly, ties and edges included."""
+    rng = np.random.default_rng(3)
+    # short window at the median: k = 500 values decide it, more than its 3 blocks + tail bound
+    n, pct = (N, 99.9) if case != "short_window" else (1000, 50.0)
+    block = HOP
+    x = {"speech": lambda: audio(3.0)[:n],
+         "int16_ties": lambda: (np.round(rng.normal(0, 0.01, n) * 32768) / 32768),  # many equal values
+         "silence": lambda: np.zeros(n),
+         "constant": lambda: np.full(n, 0.25),
+         "one_spike": lambda: np.where(np.arange(n) == 777, 0.9, rng.normal(0, 1e-3, n)),
+         "loud_tail": lambda: np.where(np.arange(n) >= n - 100, 0.8, rng.normal(0, 0.1, n)),
+         "short_window": lambda: rng.normal(0, 0.1, n)}[case]().astype(np.float32)
+    whole = (n // block) * block
+    got = gain_from_block_maxima(x, block_maxima(x[:whole], block), block, pct)
+    assert got == peak_scale(x, pct)
+
+
+def test_block_maxima_rejects_partial_blocks() -> None:
+    with pytest.raises(ValueError, match="whole"):
+        block_maxima(np.zeros(300, dtype=np.float32), HOP)
 
 
 def test_chunk_size_independence() -> None:

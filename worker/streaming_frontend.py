@@ -10,9 +10,10 @@ and the window's own peak gain: mel energies are linear in the signal's gain, so
 
 The peak gain is the ``peak_percentile``-th percentile of ``|x|`` over the window's real samples.
 Only the top ``k`` values of a window decide it (``k = n - floor(q (n - 1))``, 49 for 48,000
-samples), and the top ``k`` of a window lie among the top ``k`` of each hop-sized block it
-covers, so each block's top ``k`` is kept (computed once) and a window selects from
-``187 x 49`` candidates plus its unaligned tail instead of 48,000 samples.
+samples). Each hop-sized block's maximum is kept (computed once per block); the k-th largest
+of a window's block maxima bounds its k-th largest sample from below, so only the blocks whose
+maximum reaches that bound (usually exactly ``k`` of the 187) are searched
+(:func:`gain_from_block_maxima`).
 
 Windows whose start is not a multiple of ``hop_length``, and end-of-stream partial windows,
 fall back to the plain path (``window_features``: zero-padded by ``pad_window``).
@@ -33,6 +34,7 @@ Usage (per speaker)::
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -40,7 +42,7 @@ import numpy as np
 from worker.frontend import (FrontendConfig, features_from_mel, gain_from_peak, mel_energies,
                              percentile_from_top, top_k_count, window_features)
 
-__all__ = ["StreamingFrontend", "WindowMelCache", "block_tops", "gain_from_block_tops",
+__all__ = ["StreamingFrontend", "WindowMelCache", "block_maxima", "gain_from_block_maxima",
            "percentile_from_top", "top_k_count"]
 
 
@@ -65,8 +67,7 @@ class StreamingFrontend:
         self._raw = np.zeros(0, dtype=np.float32)
         self._pending: list[np.ndarray] = []  # pushed, not yet joined to _raw
         self._mel = np.zeros((0, self.cfg.num_mel_bins), dtype=np.float32)  # frames from base/hop
-        self._top = np.zeros((0, min(self.k, self.hop)), dtype=np.float32)  # per block, from base/hop
-        self._max = np.zeros(0, dtype=np.float32)            # per block maximum
+        self._max = np.zeros(0, dtype=np.float32)  # per block of hop samples, from base/hop: max |x|
 
     @property
     def frames_done(self) -> int:
@@ -74,7 +75,7 @@ class StreamingFrontend:
 
     @property
     def nbytes(self) -> int:
-        return sum(p.nbytes for p in self._pending) + self._raw.nbytes + self._mel.nbytes + self._top.nbytes
+        return sum(p.nbytes for p in self._pending) + self._raw.nbytes + self._mel.nbytes + self._max.nbytes
 
     def push(self, samples: np.ndarray) -> None:
         """Append 16 kHz mono samples (any length). Cheap: frames are computed lazily, in one
@@ -97,7 +98,7 @@ class StreamingFrontend:
             self._pending.clear()
 
     def _compute_until(self, end_sample: int) -> None:
-        """Mel rows of every frame and top-k of every block that ends at or before
+        """Mel rows of every frame and the maximum of every block that ends at or before
         ``end_sample``. The batches depend only on the windows asked for, never on chunking,
         so features are bit-identical whatever the chunk sizes were."""
         self._join()
@@ -108,12 +109,10 @@ class StreamingFrontend:
             lo = f0 * hop - self.base
             hi = (f1 - 1) * hop + cfg.frame_length - self.base
             self._mel = np.concatenate([self._mel, mel_energies(self._raw[lo:hi], cfg)])
-        b0 = self.base // hop + self._top.shape[0]
+        b0 = self.base // hop + self._max.shape[0]
         b1 = end_sample // hop
         if b1 > b0:
-            tops, maxima = block_tops(np.abs(self._raw[b0 * hop - self.base : b1 * hop - self.base]),
-                                      hop, self.k)
-            self._top = np.concatenate([self._top, tops])
+            maxima = block_maxima(self._raw[b0 * hop - self.base : b1 * hop - self.base], hop)
             self._max = np.concatenate([self._max, maxima])
 
     def discard_before(self, sample: int) -> None:
@@ -125,7 +124,6 @@ class StreamingFrontend:
         drop = (cut - self.base) // self.hop
         self._raw = self._raw[cut - self.base :].copy()
         self._mel = self._mel[drop:].copy()
-        self._top = self._top[drop:].copy()
         self._max = self._max[drop:].copy()
         self.base = cut
 
@@ -185,36 +183,49 @@ class StreamingFrontend:
         return features_from_mel(mel, self._gain(start), self.cfg)
 
     def _gain(self, start: int) -> float:
-        """``peak_scale`` of the window's samples from the cached block tops."""
+        """``peak_scale`` of the window's samples from the cached block maxima."""
         block = (start - self.base) // self.hop
-        tail_lo = start - self.base + self.full_blocks * self.hop
-        return gain_from_block_tops(self._top[block : block + self.full_blocks],
-                                    self._max[block : block + self.full_blocks],
-                                    np.abs(self._raw[tail_lo : start - self.base + self.n]),
-                                    self.n, self.cfg.peak_percentile)
+        lo = start - self.base
+        return gain_from_block_maxima(self._raw[lo : lo + self.n],
+                                      self._max[block : block + self.full_blocks],
+                                      self.hop, self.cfg.peak_percentile)
 
 
-def block_tops(abs_samples: np.ndarray, block: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` largest values (any order) and the maximum of each ``block``-sample block of
-    ``abs_samples`` (a whole number of blocks; rows of ``min(k, block)`` values)."""
-    blocks = abs_samples.reshape(-1, block)
-    if k < block:
-        blocks = np.partition(blocks, block - k, axis=1)[:, block - k :]
-    return blocks, blocks.max(axis=1)
+def block_maxima(samples: np.ndarray, block: int) -> np.ndarray:
+    """``max |x|`` of each ``block``-sample block of ``samples`` (a whole number of blocks).
+    ``maximum.reduceat`` over the flat array: ~2x faster than ``max(axis=1)`` on 256-sample rows."""
+    if samples.shape[0] % block:
+        raise ValueError(f"{samples.shape[0]} samples are not whole {block}-sample blocks")
+    if samples.shape[0] == 0:
+        return np.zeros(0, dtype=np.float32)
+    return np.maximum.reduceat(np.abs(samples), _block_starts(samples.shape[0], block))
 
 
-def gain_from_block_tops(tops: np.ndarray, maxima: np.ndarray, tail: np.ndarray, n: int,
-                         percentile: float) -> float:
-    """``peak_scale`` of an ``n``-sample window from its blocks' top values (:func:`block_tops`)
-    and the absolute values of its samples after the last whole block (``tail``).
+@functools.lru_cache(maxsize=64)
+def _block_starts(n: int, block: int) -> np.ndarray:
+    return np.arange(0, n, block)
 
-    The k-th largest of the block maxima and tail samples is a lower bound of the window's k-th
-    largest value (those are k distinct samples of the window), so only values at or above it
-    can matter: a cheap mask instead of a partition of every cached value."""
+
+def gain_from_block_maxima(samples: np.ndarray, maxima: np.ndarray, block: int,
+                           percentile: float) -> float:
+    """``peak_scale(samples)`` (bit for bit) from the maxima of its whole ``block``-sample
+    blocks (:func:`block_maxima`; the samples after the last whole block are read directly).
+
+    The block maxima and the tail samples are distinct samples of the window, so their k-th
+    largest (``k`` from :func:`top_k_count`) is a lower bound of the window's k-th largest
+    value: every value that can decide the percentile lies in a block whose maximum reaches
+    the bound. Those blocks (usually exactly ``k``) are searched instead of all the samples."""
+    n = samples.shape[0]
+    whole = maxima.shape[0] * block
+    tail = np.abs(samples[whole:])
     firsts = np.concatenate([maxima, tail])
-    k = min(top_k_count(n, percentile), firsts.shape[0])
+    k = top_k_count(n, percentile)
+    if k > firsts.shape[0]:  # too few blocks to bound the k-th largest: search everything
+        return gain_from_peak(percentile_from_top(np.abs(samples), n, percentile))
     bound = np.partition(firsts, firsts.shape[0] - k)[firsts.shape[0] - k]
-    candidates = np.concatenate([tops[tops >= bound], tail[tail >= bound]])
+    hit = np.flatnonzero(maxima >= bound)
+    values = np.abs(samples[:whole].reshape(-1, block)[hit]).reshape(-1)
+    candidates = np.concatenate([values[values >= bound], tail[tail >= bound]])
     return gain_from_peak(percentile_from_top(candidates, n, percentile))
 
 
@@ -231,8 +242,8 @@ class WindowMelCache:
     multiple of ``hop_length`` (the worker's :func:`worker.windowing.effective_hop_samples`),
     window ``k+1`` starts on window ``k``'s frame grid and its first ``(W - H) / 256`` frames
     were already computed. Per speaker this keeps only those rows (~121 x 128 float32 = 62 KB at
-    a 1.008 s hop) and the top values of the same span's 256-sample blocks (what the peak gain
-    needs, as :class:`StreamingFrontend` keeps them: 124 x 49 float32 = 24 KB), with the stream
+    a 1.008 s hop) and the maxima of the same span's 256-sample blocks (what the peak gain
+    needs, as :class:`StreamingFrontend` keeps them: 124 float32), with the stream
     sample of the first one and the generation of the speaker's buffer (``Window.stream_gen``:
     a resumed or re-created speaker never reuses rows of an earlier buffer). A batch's new
     frames are transformed in one call per reuse depth, so 32 speakers' 63 new frames cost one
@@ -251,11 +262,10 @@ class WindowMelCache:
         self.enabled = (cfg.input_type != "spectrogram" and hop_samples > 0
                         and hop_samples % cfg.hop_length == 0)
         self.keep_from_row = hop_samples // cfg.hop_length if self.enabled else 0
-        self.k = top_k_count(cfg.window_samples, cfg.peak_percentile)
         self.full_blocks = cfg.window_samples // cfg.hop_length   # 187 blocks of 256 in 48,000
         self.max_entries = max_entries
-        # key -> (gen, stream sample of rows[0] and tops[0], mel rows, block tops, block maxima)
-        self._rows: "OrderedDict[object, tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]" = OrderedDict()
+        # key -> (gen, stream sample of rows[0] and maxima[0], mel rows, block maxima)
+        self._rows: "OrderedDict[object, tuple[int, int, np.ndarray, np.ndarray]]" = OrderedDict()
         self.reused_rows = 0
         self.computed_rows = 0
 
@@ -264,7 +274,7 @@ class WindowMelCache:
 
     @property
     def nbytes(self) -> int:
-        return sum(r[2].nbytes + r[3].nbytes + r[4].nbytes for r in self._rows.values())
+        return sum(r[2].nbytes + r[3].nbytes for r in self._rows.values())
 
     def forget(self, key) -> None:
         self._rows.pop(key, None)
@@ -312,21 +322,21 @@ class WindowMelCache:
         mel = np.empty((len(items), t, cfg.num_mel_bins), dtype=np.float32)
         gains = np.empty(len(items), dtype=np.float32)
         depth = [self._reusable(key, gen, start) for key, gen, start, _ in items]
-        tops = []
+        pct = cfg.peak_percentile
+        maxima = []
         for i, (key, gen, start, samples) in enumerate(items):
             m = depth[i]
             if m:
-                _, c_start, rows, c_tops, c_max = self._rows[key]
+                _, c_start, rows, c_max = self._rows[key]
                 d = (start - c_start) // fh
                 mel[i, :m] = rows[d : d + m]
                 mb = min(m, nb)
-                new_tops, new_max = block_tops(np.abs(samples[mb * fh : nb * fh]), fh, self.k)
-                tops.append((np.concatenate([c_tops[d : d + mb], new_tops]),
-                             np.concatenate([c_max[d : d + mb], new_max])))
+                block_max = np.concatenate([c_max[d : d + mb],
+                                            block_maxima(samples[mb * fh : nb * fh], fh)])
             else:
-                tops.append(block_tops(np.abs(samples[: nb * fh]), fh, self.k))
-            gains[i] = gain_from_block_tops(tops[i][0], tops[i][1], np.abs(samples[nb * fh : n]),
-                                            n, cfg.peak_percentile)
+                block_max = block_maxima(samples[: nb * fh], fh)
+            maxima.append(block_max)
+            gains[i] = gain_from_block_maxima(samples[:n], block_max, fh, pct)
         by_depth: dict[int, list[int]] = {}
         for i, m in enumerate(depth):
             if m < t:
@@ -341,7 +351,7 @@ class WindowMelCache:
             keep = self.keep_from_row
             for i, (key, gen, start, _) in enumerate(items):
                 self._rows[key] = (gen, start + keep * fh, mel[i, keep:].copy(),  # not views
-                                   tops[i][0][keep:].copy(), tops[i][1][keep:].copy())
+                                   maxima[i][keep:].copy())
                 self._rows.move_to_end(key)
             while len(self._rows) > self.max_entries:
                 self._rows.popitem(last=False)
