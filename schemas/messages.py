@@ -212,7 +212,8 @@ class AudioChunk:
     def pcm(self) -> np.ndarray:
         """The samples as float32 in [-1, 1] (f32le values outside are clipped)."""
         if self.encoding == "pcm_s16le":
-            out = np.frombuffer(self.samples, dtype="<i2").astype(np.float32) / 32768.0
+            out = np.frombuffer(self.samples, dtype="<i2").astype(np.float32)
+            out *= np.float32(1.0 / 32768.0)  # in place, exact (a power of two)
         elif self.encoding == "f32le":
             out = np.clip(np.frombuffer(self.samples, dtype="<f4"), -1.0, 1.0).astype(np.float32)
         elif self.encoding == "mulaw":

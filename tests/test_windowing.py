@@ -288,6 +288,15 @@ def test_vad():
     assert vad_speech(0.1 * np.sin(2 * np.pi * 200 * t).astype(np.float32), -45.0)
     assert not vad_speech(np.zeros(16000, np.float32), -45.0)
     assert not vad_speech(np.full(16000, 1e-4, np.float32), -45.0)
+    level = 10 ** (-45.0 / 20)  # RMS of the threshold
+    assert vad_speech(np.full(16000, 1.01 * level, np.float32), -45.0)
+    assert not vad_speech(np.full(16000, 0.99 * level, np.float32), -45.0)
+    one_frame = np.zeros(16000, np.float32)
+    one_frame[4800:5280] = 0.02  # one 30 ms frame of speech in silence
+    assert vad_speech(one_frame, -45.0)
+    tail = np.zeros(16100, np.float32)
+    tail[-100:] = 0.02  # only the short trailing frame is loud
+    assert vad_speech(tail, -45.0) and not vad_speech(tail[:-100], -45.0)
     win = Windower(SMALL, clock=FakeClock())
     out = win.push("s", 0, np.zeros(W, np.float32), 16000, end_of_stream=True).windows
     assert [w.speech for w in out] == [False]
