@@ -256,11 +256,13 @@ def features_from_mel(mel: np.ndarray, scale: float | np.ndarray, cfg: FrontendC
     scale = np.asarray(scale, dtype=np.float32)
     if scale.ndim:
         scale = scale.reshape(scale.shape + (1,) * (mel.ndim - scale.ndim))
-    log_mel = np.log(mel * scale + np.float32(cfg.log_offset))
+    log_mel = mel * scale  # in place from here: the same float32 operations, fewer temporaries
+    log_mel += np.float32(cfg.log_offset)
+    np.log(log_mel, out=log_mel)
     if cfg.input_type == "mel":
-        return log_mel.astype(np.float32)
+        return log_mel
     mfcc = log_mel @ dct_matrix(cfg.num_mel_bins, cfg.num_mfcc)
-    return np.clip(mfcc, -cfg.clip, cfg.clip).astype(np.float32)
+    return np.clip(mfcc, -cfg.clip, cfg.clip, out=mfcc)
 
 
 # --------------------------------------------------------------------------- public entry points
