@@ -300,3 +300,43 @@ def test_vad():
     win = Windower(SMALL, clock=FakeClock())
     out = win.push("s", 0, np.zeros(W, np.float32), 16000, end_of_stream=True).windows
     assert [w.speech for w in out] == [False]
+
+
+def test_int16_pcm_buffers_give_the_same_windows_in_half_the_memory():
+    """``pcm16`` chunks are kept as int16: the windows (and their order, flags, tokens) are
+    bit-identical to the float32 path, a float chunk mid-stream switches the speaker to float32
+    exactly, and gaps filled with silence stay int16."""
+    rng = np.random.default_rng(5)
+    pcm = rng.integers(-32768, 32768, size=W * 4, dtype=np.int16)
+    audio = pcm.astype(np.float32) / 32768.0
+    chunks = [(i, audio[i * 800 : (i + 1) * 800]) for i in range(audio.shape[0] // 800)]
+
+    def windows(pcm16_of, skip=()):
+        win = Windower(SMALL, clock=FakeClock())
+        out, sizes = [], []
+        for i, x in chunks:
+            if i in skip:
+                continue
+            r = win.push("s", i, x, 16000, end_of_stream=i == len(chunks) - 1, token=i,
+                         pcm16=pcm16_of(i))
+            out += [(w.start_sample, w.samples, w.final, w.gap, w.speech, w.release) for w in r.windows]
+            if "s" in win.speakers:
+                sizes.append((win.speakers["s"].pcm16, win.speakers["s"]._store.nbytes))
+            if i == 7 and skip:  # the reorder timeout: fill the missing chunk with silence
+                r = win.tick(now=SMALL.reorder_timeout_s + 0.5)
+                out += [(w.start_sample, w.samples, w.final, w.gap, w.speech, w.release) for w in r.windows]
+        return out, sizes
+
+    ref, ref_sizes = windows(lambda i: False)
+    got, sizes = windows(lambda i: True)
+    mixed, mixed_sizes = windows(lambda i: i < 9)  # a float32 chunk from chunk 9 on
+    for other in (got, mixed):
+        assert len(other) == len(ref)
+        for a, b in zip(ref, other):
+            assert a[0] == b[0] and a[2:] == b[2:]
+            assert a[1].dtype == b[1].dtype == np.float32 and np.array_equal(a[1], b[1])
+    assert all(p for p, _ in sizes) and not any(p for p, _ in ref_sizes)
+    assert max(n for _, n in sizes) * 2 == max(n for _, n in ref_sizes)
+    assert mixed_sizes[5][0] and not mixed_sizes[-1][0]
+    gapped, gapped_sizes = windows(lambda i: True, skip={5})
+    assert any(w[3] for w in gapped) and all(p for p, _ in gapped_sizes)

@@ -209,7 +209,8 @@ class Pipeline:
                                         end_of_stream=chunk.end_of_stream,
                                         token=(msg.tp, msg.offset), now=now,
                                         capture_ts=chunk.capture_ts,
-                                        check_finite=chunk.encoding == "f32le")
+                                        check_finite=chunk.encoding == "f32le",
+                                        pcm16=chunk.encoding != "f32le")
         except (SchemaError, WindowingError) as exc:
             partial = getattr(exc, "result", None)
             if partial is not None:  # e.g. a speaker evicted before the chunk was refused

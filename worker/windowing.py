@@ -65,6 +65,7 @@ from typing import Any, Callable, Hashable, Iterable
 import numpy as np
 
 SAMPLE_RATE_HZ = 16000
+PCM16_STEP = 1.0 / 32768.0  # int16 PCM full scale
 VAD_FRAME_MS = 30.0
 
 
@@ -368,6 +369,7 @@ class _Parked:
     end_of_stream: bool
     token: Any
     now: float
+    pcm16: bool = False
 
 
 _GENERATIONS = itertools.count(1)
@@ -389,7 +391,9 @@ class SpeakerState:
         self.out_base = int(round(start_sample_in * cfg.sample_rate_hz / source_rate_hz))
         hop = cfg.hop_samples
         self.next_index = -(-self.out_base // hop)
-        self.buf = np.zeros(0, dtype=np.float32)
+        # int16 PCM (x / 32768, exactly) is kept as int16: half the memory of float32; the first
+        # chunk that is not (float input, resampled audio) turns the buffer float32 for good
+        self.buf = np.zeros(0, dtype=np.int16)
         self.buf_start = self.out_base  # stream sample of buf[0]
         self.fills: list[tuple[int, int]] = []  # gap-filled spans (16 kHz stream samples)
         self.parked: dict[int, _Parked] = {}
@@ -417,6 +421,15 @@ class SpeakerState:
     def buf_end(self) -> int:
         return self.buf_start + (self._hi - self._lo)
 
+    @property
+    def pcm16(self) -> bool:
+        """Whether the buffer holds int16 PCM (samples x 32768) rather than float32."""
+        return self._store.dtype == np.int16
+
+    def _to_float(self) -> None:
+        if self.pcm16:  # exact: every int16 / 32768 is a float32
+            self._store = self._store.astype(np.float32) * np.float32(PCM16_STEP)
+
     def _append(self, samples: np.ndarray) -> None:
         n = samples.shape[0]
         if not n:
@@ -425,13 +438,17 @@ class SpeakerState:
             live = self._hi - self._lo
             slack = max(n, self.cfg.window_samples // 4)
             if live + n > self._store.shape[0] or self._store.shape[0] > live + n + 2 * slack:
-                store = np.empty(live + n + slack, dtype=np.float32)
+                store = np.empty(live + n + slack, dtype=self._store.dtype)
                 store[:live] = self._store[self._lo:self._hi]
                 self._store = store
             elif live:
                 self._store[:live] = self._store[self._lo:self._hi].copy()
             self._lo, self._hi = 0, live
-        self._store[self._hi:self._hi + n] = samples
+        if self.pcm16:  # x * 32768 is the exact int16 value the chunk carried
+            np.multiply(samples, np.float32(32768.0), out=self._store[self._hi:self._hi + n],
+                        casting="unsafe")
+        else:
+            self._store[self._hi:self._hi + n] = samples
         self._hi += n
 
     def _trim_to(self, pos: int) -> None:
@@ -451,7 +468,12 @@ class SpeakerState:
         hop, cfg = self.cfg.hop_samples, self.cfg
         start = index * hop
         lo = start - self.buf_start
-        samples = self.buf[lo: lo + (end - start)].copy()
+        samples = self.buf[lo: lo + (end - start)]
+        if self.pcm16:  # a new float32 array either way
+            samples = samples.astype(np.float32)
+            samples *= np.float32(PCM16_STEP)
+        else:
+            samples = samples.copy()
         gap = any(a < end and b > start for a, b in self.fills)
         if gap:  # judge speech on real audio only
             mask = np.ones(samples.shape[0], dtype=bool)
@@ -508,11 +530,14 @@ class SpeakerState:
             result.windows[-1].release.extend(remaining)
         else:
             result.release.extend(remaining)
-        self.buf = np.zeros(0, dtype=np.float32)
+        self.buf = np.zeros(0, dtype=self._store.dtype)
 
     # -- chunk intake (in sequence order)
     def accept(self, samples: np.ndarray, token: Any, now: float, result: StepResult,
-               fill: bool = False) -> None:
+               fill: bool = False, pcm16: bool = False) -> None:
+        """``pcm16``: the samples are int16 PCM / 32768 (kept as int16 while every chunk is)."""
+        if not ((pcm16 or fill) and self.resampler.passthrough):
+            self._to_float()
         n_in_end = self.resampler.n_in + samples.shape[0]
         out = self.resampler.push(samples)
         if fill:  # nominal 16 kHz span of the silence (resampler smearing ignored)
@@ -557,9 +582,11 @@ class Windower:
     def push(self, key: Hashable, seq: int, samples: np.ndarray, sample_rate_hz: int,
              end_of_stream: bool = False, token: Any = None, now: float | None = None,
              offset_samples: int | None = None, capture_ts: float = 0.0,
-             check_finite: bool = True) -> StepResult:
+             check_finite: bool = True, pcm16: bool = False) -> StepResult:
         """Feed one chunk (float32 mono at ``sample_rate_hz``; ``check_finite=False`` when it was
-        decoded from integer PCM and cannot hold NaN/inf). Raises :class:`WindowingError`
+        decoded from integer PCM and cannot hold NaN/inf; ``pcm16`` when every sample is an int16
+        value / 32768, as decoded from s16le, mu-law or A-law: the speaker's buffer then stays
+        int16, half the memory, with the same float32 windows). Raises :class:`WindowingError`
         for a chunk that must be dead-lettered (its token is then the caller's to release).
 
         ``capture_ts`` of a speaker's first chunk fixes the origin of its window times:
@@ -571,14 +598,15 @@ class Windower:
         result = StepResult()
         try:
             return self._push(result, key, seq, samples, sample_rate_hz, end_of_stream, token, now,
-                              offset_samples, capture_ts, check_finite)
+                              offset_samples, capture_ts, check_finite, pcm16)
         except WindowingError as exc:
             exc.result = result
             raise
 
     def _push(self, result: "StepResult", key: Hashable, seq: int, samples: np.ndarray,
               sample_rate_hz: int, end_of_stream: bool, token: Any, now: float,
-              offset_samples: int | None, capture_ts: float, check_finite: bool = True) -> StepResult:
+              offset_samples: int | None, capture_ts: float, check_finite: bool = True,
+              pcm16: bool = False) -> StepResult:
         samples = np.asarray(samples, dtype=np.float32)
         if samples.ndim != 1:
             raise WindowingError("invalid_samples", f"expected mono samples, got shape {samples.shape}")
@@ -626,7 +654,7 @@ class Windower:
                     "seq_out_of_range",
                     f"speaker {key}: seq {seq} is {seq - state.next_seq} chunks ahead of {state.next_seq} "
                     f"(~{gap_out / self.cfg.sample_rate_hz:.1f} s of fill > max_buffer_s)")
-            state.parked[seq] = _Parked(seq, samples, end_of_stream, token, now)
+            state.parked[seq] = _Parked(seq, samples, end_of_stream, token, now, pcm16)
             state.parked_samples += samples.shape[0]
             result.count("reordered")
             if state.gap_since is None:
@@ -636,13 +664,13 @@ class Windower:
                 self._fill_gaps(state, now, result)
             return result
 
-        self._accept(state, samples, end_of_stream, token, now, result)
+        self._accept(state, samples, end_of_stream, token, now, result, pcm16)
         self._drain(state, now, result)
         return result
 
     def _accept(self, state: SpeakerState, samples: np.ndarray, end_of_stream: bool, token: Any,
-                now: float, result: StepResult) -> None:
-        state.accept(samples, token, now, result)
+                now: float, result: StepResult, pcm16: bool = False) -> None:
+        state.accept(samples, token, now, result, pcm16=pcm16)
         state.next_seq += 1
         if end_of_stream:
             self._finish(state, now, result)
@@ -651,7 +679,7 @@ class Windower:
         while state.key in self.speakers and state.next_seq in state.parked:
             p = state.parked.pop(state.next_seq)
             state.parked_samples -= p.samples.shape[0]
-            self._accept(state, p.samples, p.end_of_stream, p.token, now, result)
+            self._accept(state, p.samples, p.end_of_stream, p.token, now, result, p.pcm16)
         if not state.parked:
             state.gap_since = None
 
