@@ -222,6 +222,18 @@ class AudioChunk:
             out = g711.alaw_decode(self.samples).astype(np.float32) / 32768.0
         return out
 
+    def pcm_native(self) -> np.ndarray:
+        """The samples without loss in their smallest form: int16 for s16le, mu-law and A-law
+        (``pcm()`` is these / 32768), float32 clipped to [-1, 1] for f32le. For s16le a
+        read-only view of the message bytes."""
+        if self.encoding == "pcm_s16le":
+            return np.frombuffer(self.samples, dtype="<i2")
+        if self.encoding == "mulaw":
+            return g711.ulaw_decode(self.samples).astype(np.int16, copy=False)
+        if self.encoding == "alaw":
+            return g711.alaw_decode(self.samples).astype(np.int16, copy=False)
+        return self.pcm()
+
     @classmethod
     def from_pcm(cls, pcm: np.ndarray, *, stream_id: str, speaker_id: str, seq: int,
                  capture_ts: float, sample_rate_hz: int, encoding: Encoding = "pcm_s16le",

@@ -129,6 +129,18 @@ def test_pcm_decodes_each_encoding() -> None:
 
 
 @pytest.mark.parametrize("encoding", schemas.ENCODINGS)
+def test_pcm_native_is_lossless(encoding: str) -> None:
+    """int16 for the integer encodings (pcm() is exactly these / 32768), float32 for f32le."""
+    x = (0.9 * np.sin(np.linspace(0, 40, 4000))).astype(np.float32)
+    c = AudioChunk.from_pcm(x, stream_id="s", speaker_id="p", seq=0, capture_ts=0.0,
+                            sample_rate_hz=16000, encoding=encoding)
+    native = c.pcm_native()
+    assert native.dtype == (np.float32 if encoding == "f32le" else np.int16)
+    scale = 1.0 if encoding == "f32le" else 1 / 32768
+    assert np.array_equal(native.astype(np.float32) * np.float32(scale), c.pcm())
+
+
+@pytest.mark.parametrize("encoding", schemas.ENCODINGS)
 def test_from_pcm_roundtrip_close(encoding: str) -> None:
     x = (0.5 * np.sin(np.linspace(0, 40, 4000))).astype(np.float32)
     c = AudioChunk.from_pcm(x, stream_id="s", speaker_id="p", seq=0, capture_ts=0.0,

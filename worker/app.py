@@ -205,12 +205,11 @@ class Pipeline:
         try:
             chunk = self._decode(msg)
             key = (chunk.stream_id, chunk.speaker_id)
-            result = self.windower.push(key, chunk.seq, chunk.pcm(), chunk.sample_rate_hz,
+            result = self.windower.push(key, chunk.seq, chunk.pcm_native(), chunk.sample_rate_hz,
                                         end_of_stream=chunk.end_of_stream,
                                         token=(msg.tp, msg.offset), now=now,
                                         capture_ts=chunk.capture_ts,
-                                        check_finite=chunk.encoding == "f32le",
-                                        pcm16=chunk.encoding != "f32le")
+                                        check_finite=False)  # decoded values are finite
         except (SchemaError, WindowingError) as exc:
             partial = getattr(exc, "result", None)
             if partial is not None:  # e.g. a speaker evicted before the chunk was refused

@@ -236,11 +236,13 @@ class StreamingResampler:
             if n_in_end > 0 else -1
 
     def push(self, samples: np.ndarray) -> np.ndarray:
-        samples = np.asarray(samples, dtype=np.float32)
-        self.n_in += samples.shape[0]
+        """Resampled float32 samples; at an unchanged rate the input itself (any dtype)."""
         if self.passthrough:
+            self.n_in += samples.shape[0]
             self.n_out += samples.shape[0]
             return samples
+        samples = np.asarray(samples, dtype=np.float32)
+        self.n_in += samples.shape[0]
         self._x = np.concatenate([self._x, samples.astype(np.float64)])
         # outputs whose last needed input has arrived: (m*down + half)//up <= n_in - 1
         stop = ((self.n_in - 1) * self.up - self.half) // self.down + 1 if self.n_in else 0
@@ -369,7 +371,6 @@ class _Parked:
     end_of_stream: bool
     token: Any
     now: float
-    pcm16: bool = False
 
 
 _GENERATIONS = itertools.count(1)
@@ -444,11 +445,7 @@ class SpeakerState:
             elif live:
                 self._store[:live] = self._store[self._lo:self._hi].copy()
             self._lo, self._hi = 0, live
-        if self.pcm16:  # x * 32768 is the exact int16 value the chunk carried
-            np.multiply(samples, np.float32(32768.0), out=self._store[self._hi:self._hi + n],
-                        casting="unsafe")
-        else:
-            self._store[self._hi:self._hi + n] = samples
+        self._store[self._hi:self._hi + n] = samples  # accept() matched the dtypes
         self._hi += n
 
     def _trim_to(self, pos: int) -> None:
@@ -534,9 +531,11 @@ class SpeakerState:
 
     # -- chunk intake (in sequence order)
     def accept(self, samples: np.ndarray, token: Any, now: float, result: StepResult,
-               fill: bool = False, pcm16: bool = False) -> None:
-        """``pcm16``: the samples are int16 PCM / 32768 (kept as int16 while every chunk is)."""
-        if not ((pcm16 or fill) and self.resampler.passthrough):
+               fill: bool = False) -> None:
+        """``samples``: int16 PCM (kept as int16 while every chunk is, at 16 kHz) or float32."""
+        if samples.dtype == np.int16 and not (self.pcm16 and self.resampler.passthrough):
+            samples = samples.astype(np.float32) * np.float32(PCM16_STEP)  # exact
+        if samples.dtype != np.int16:
             self._to_float()
         n_in_end = self.resampler.n_in + samples.shape[0]
         out = self.resampler.push(samples)
@@ -582,11 +581,12 @@ class Windower:
     def push(self, key: Hashable, seq: int, samples: np.ndarray, sample_rate_hz: int,
              end_of_stream: bool = False, token: Any = None, now: float | None = None,
              offset_samples: int | None = None, capture_ts: float = 0.0,
-             check_finite: bool = True, pcm16: bool = False) -> StepResult:
-        """Feed one chunk (float32 mono at ``sample_rate_hz``; ``check_finite=False`` when it was
-        decoded from integer PCM and cannot hold NaN/inf; ``pcm16`` when every sample is an int16
-        value / 32768, as decoded from s16le, mu-law or A-law: the speaker's buffer then stays
-        int16, half the memory, with the same float32 windows). Raises :class:`WindowingError`
+             check_finite: bool = True) -> StepResult:
+        """Feed one chunk of mono samples at ``sample_rate_hz``: int16 PCM (as s16le, mu-law
+        and A-law decode; the speaker's buffer then stays int16, half the memory of float32,
+        and its windows are the same float32 values x / 32768) or float in [-1, 1]
+        (``check_finite=False`` skips the NaN/inf check of float samples known to be finite).
+        Raises :class:`WindowingError`
         for a chunk that must be dead-lettered (its token is then the caller's to release).
 
         ``capture_ts`` of a speaker's first chunk fixes the origin of its window times:
@@ -598,21 +598,22 @@ class Windower:
         result = StepResult()
         try:
             return self._push(result, key, seq, samples, sample_rate_hz, end_of_stream, token, now,
-                              offset_samples, capture_ts, check_finite, pcm16)
+                              offset_samples, capture_ts, check_finite)
         except WindowingError as exc:
             exc.result = result
             raise
 
     def _push(self, result: "StepResult", key: Hashable, seq: int, samples: np.ndarray,
               sample_rate_hz: int, end_of_stream: bool, token: Any, now: float,
-              offset_samples: int | None, capture_ts: float, check_finite: bool = True,
-              pcm16: bool = False) -> StepResult:
-        samples = np.asarray(samples, dtype=np.float32)
+              offset_samples: int | None, capture_ts: float, check_finite: bool = True) -> StepResult:
+        samples = np.asarray(samples)
+        if samples.dtype != np.int16:
+            samples = np.asarray(samples, dtype=np.float32)
         if samples.ndim != 1:
             raise WindowingError("invalid_samples", f"expected mono samples, got shape {samples.shape}")
         if seq < 0:
             raise WindowingError("invalid_seq", f"negative sequence number {seq}")
-        if check_finite and not np.isfinite(samples).all():  # integer PCM is always finite
+        if check_finite and samples.dtype == np.float32 and not np.isfinite(samples).all():
             raise WindowingError("invalid_samples", "samples contain NaN or inf")
         state = self.speakers.get(key)
         if state is None:
@@ -654,7 +655,7 @@ class Windower:
                     "seq_out_of_range",
                     f"speaker {key}: seq {seq} is {seq - state.next_seq} chunks ahead of {state.next_seq} "
                     f"(~{gap_out / self.cfg.sample_rate_hz:.1f} s of fill > max_buffer_s)")
-            state.parked[seq] = _Parked(seq, samples, end_of_stream, token, now, pcm16)
+            state.parked[seq] = _Parked(seq, samples, end_of_stream, token, now)
             state.parked_samples += samples.shape[0]
             result.count("reordered")
             if state.gap_since is None:
@@ -664,13 +665,13 @@ class Windower:
                 self._fill_gaps(state, now, result)
             return result
 
-        self._accept(state, samples, end_of_stream, token, now, result, pcm16)
+        self._accept(state, samples, end_of_stream, token, now, result)
         self._drain(state, now, result)
         return result
 
     def _accept(self, state: SpeakerState, samples: np.ndarray, end_of_stream: bool, token: Any,
-                now: float, result: StepResult, pcm16: bool = False) -> None:
-        state.accept(samples, token, now, result, pcm16=pcm16)
+                now: float, result: StepResult) -> None:
+        state.accept(samples, token, now, result)
         state.next_seq += 1
         if end_of_stream:
             self._finish(state, now, result)
@@ -679,7 +680,7 @@ class Windower:
         while state.key in self.speakers and state.next_seq in state.parked:
             p = state.parked.pop(state.next_seq)
             state.parked_samples -= p.samples.shape[0]
-            self._accept(state, p.samples, p.end_of_stream, p.token, now, result, p.pcm16)
+            self._accept(state, p.samples, p.end_of_stream, p.token, now, result)
         if not state.parked:
             state.gap_since = None
 
@@ -689,7 +690,8 @@ class Windower:
             nxt = min(state.parked)
             missing = nxt - state.next_seq
             if missing > 0:
-                fill = np.zeros(missing * max(state.last_chunk_len, 1), dtype=np.float32)
+                fill = np.zeros(missing * max(state.last_chunk_len, 1),
+                                dtype=np.int16 if state.pcm16 else np.float32)
                 state.accept(fill, None, now, result, fill=True)
                 state.next_seq = nxt
                 result.count("gap_filled_chunks", missing)
