@@ -76,6 +76,17 @@ class _Sampler:
             total += t.user + t.system
         return total
 
+    def thread_cpu(self) -> dict[tuple[int, int], float]:
+        """CPU seconds of every thread of the processes, ``{(pid, thread id): s}``."""
+        out = {}
+        for p in self.procs:
+            try:
+                for t in p.threads():
+                    out[(p.pid, t.id)] = t.user_time + t.system_time
+            except Exception:  # a worker exiting
+                pass
+        return out
+
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
             try:
@@ -176,7 +187,7 @@ async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarr
                 done.set()
 
     consumer_task = asyncio.create_task(consume())
-    cpu0 = sampler.cpu()
+    cpu0, threads0 = sampler.cpu(), sampler.thread_cpu()
     machine0, own0 = _machine_busy_s(), _own_cpu_s()
     late_sends = 0
     # a chunk is sent when its last sample was captured: speaker i's chunk seq at
@@ -211,7 +222,7 @@ async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarr
             await asyncio.wait_for(done.wait(), timeout=max(5.0, 2 * window_s))
         except asyncio.TimeoutError:
             pass
-        cpu1 = sampler.cpu()
+        cpu1, threads1 = sampler.cpu(), sampler.thread_cpu()
         machine1, own1 = _machine_busy_s(), _own_cpu_s()
         wall = time.time() - t0
     finally:
@@ -232,9 +243,27 @@ async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarr
         "worker_cpu_share_of_wall": round(cpu_s / wall, 3),
         # what else ran: the whole machine's busy cores and this (producer + consumer) process
         "machine_cores_busy": round((machine1 - machine0) / wall, 3),
+        "worker_thread_cpu_ms_per_window": _thread_split(threads0, threads1, max(1, got)),
         "bench_process_cores": round((own1 - own0) / wall, 3),
         "producer_late_sends": late_sends, "send_s": round(t_end - t0, 2),
     }
+
+
+def _thread_split(before: dict, after: dict, windows: int) -> dict[str, float]:
+    """Worker CPU per window by thread, summed over the workers: ``event_loop`` (the main
+    thread: Faust's agent, the windowing, sends), ``scoring`` (each worker's busiest other
+    thread: the executor running frontend + model) and ``other`` (Faust's Kafka consumer
+    thread and the rest)."""
+    per: dict[int, list[tuple[float, bool]]] = {}
+    for (pid, tid), cpu in after.items():
+        per.setdefault(pid, []).append((cpu - before.get((pid, tid), 0.0), tid == pid))
+    split = {"event_loop": 0.0, "scoring": 0.0, "other": 0.0}
+    for threads in per.values():
+        rest = sorted((c for c, main in threads if not main), reverse=True)
+        split["event_loop"] += sum(c for c, main in threads if main)
+        split["scoring"] += rest[0] if rest else 0.0
+        split["other"] += sum(rest[1:])
+    return {k: round(1000 * v / windows, 3) for k, v in split.items()}
 
 
 def bare_cpu_per_window(artifact_dir: Path, batch: int, audio: np.ndarray, calls: int = 6,
