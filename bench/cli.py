@@ -48,7 +48,8 @@ def model(artifact: Path | None, peer: bool, quick: bool, repeats: int, as_json:
 
     result = run(_resolve_artifact(artifact), quick=quick, repeats=repeats, peer=peer)
     click.echo(table(result), err=as_json)
-    click.echo(f"int8/tflite-dynamic b1: {result['int8_vs_tflite_dynamic_b1']}  "
+    click.echo(f"int8/tflite-dynamic b1: {result['int8_vs_tflite_dynamic_b1']} (round-robin), "
+               f"{result['int8_vs_tflite_dynamic_b1_steady']} (steady state)  "
                f"optimised int8/tflite-dynamic b1: {result['int8_opt_vs_tflite_dynamic_b1']}"
                + (f"  (peer: {result['peer_reason']})" if result["peer_reason"] else ""),
                err=as_json)

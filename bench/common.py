@@ -37,6 +37,24 @@ def interleaved(fns: dict[str, Callable[[], Any]], calls: int, warmup: int = 2) 
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def blocked(fns: dict[str, Callable[[], Any]], block: int, warmup: int = 5) -> dict[str, float]:
+    """Median seconds per call of each ``fn``, each timed over ``block`` back-to-back calls
+    (after ``warmup``), the functions' blocks one after another: steady state, caches warm
+    with one model, as a worker calling one model again and again sees it. Repeat the call to
+    interleave rounds."""
+    out = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(block):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out[name] = statistics.median(times)
+    return out
+
+
 def cpu_seconds(fn: Callable[[], Any], calls: int) -> float:
     """Process CPU seconds per call (user + system, all threads)."""
     t0 = time.process_time()

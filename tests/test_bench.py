@@ -34,7 +34,8 @@ def test_bench_model_quick_json(artifact: Path) -> None:
     # the TFLite peer needs TensorFlow (the [bench] extra, minutes to convert): not in the suite
     out = run_json("model", "--artifact", str(artifact), "--no-peer")
     assert out["bench"] == "model"
-    for key in ("int8_vs_tflite_dynamic_b1", "int8_opt_vs_tflite_dynamic_b1", "ratios", "models",
+    for key in ("int8_vs_tflite_dynamic_b1", "int8_vs_tflite_dynamic_b1_steady",
+                "int8_opt_vs_tflite_dynamic_b1", "ratios", "models",
                 "peer", "peer_reason", "agreement", "targets", "machine"):
         assert key in out
     assert {"ort_fp32", "ort_int8", "ort_int8_opt"} <= set(out["models"])
@@ -43,6 +44,9 @@ def test_bench_model_quick_json(artifact: Path) -> None:
     assert out["models"]["ort_int8"]["threads_1"]["windows_per_s_b8"]["median"] > 0
     assert out["peer"] is None
     assert out["peer_reason"] and out["int8_vs_tflite_dynamic_b1"] is None
+    assert out["int8_vs_tflite_dynamic_b1_steady"] is None
+    steady = out["models"]["ort_int8"]["threads_1"]["latency_ms_b1_steady"]
+    assert 0 < steady["min"] <= steady["median"] <= steady["max"]
     assert out["agreement"]["ort_int8_opt"]["max_abs_diff_vs_fp32"] < 0.05
 
 
