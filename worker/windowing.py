@@ -43,7 +43,8 @@ End of stream, idle speakers, caps
 speaker beyond the cap flushes the least recently active one (reason ``evicted``). A small
 bounded memory of finished speakers (``next seq`` and position) drops late duplicates after an
 end of stream and lets an idle-flushed speaker continue on the same clock. Memory per speaker is
-bounded by one window plus one chunk, plus the reorder buffer (``max_buffer_s``).
+bounded by one window plus one chunk, plus the reorder buffer (``max_buffer_s``); int16 PCM
+chunks are kept as int16 (2 bytes a sample) as long as every chunk of the speaker is one.
 
 Voice activity
 --------------
