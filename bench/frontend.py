@@ -5,8 +5,9 @@ what the worker runs (``WindowScorer`` with its ``WindowMelCache``, batches of 3
 windows at the worker's frame-aligned hop).
 
 Both are timed interleaved window by window in steady state (the streaming frontend's first
-window, which computes all 184 frames, is excluded like the plain path's warm-up); CPU time of
-the process (``time.process_time``) per window. Also reported: the plain frontend with
+window, which computes all 184 frames, is excluded like the plain path's warm-up); CPU time per
+window: of the calling thread (``time.thread_time``) for the one-thread paths, of the process
+(``time.process_time``) for the default-BLAS one. Also reported: the plain frontend with
 OpenBLAS's default thread pool vs one BLAS thread (on a busy 2-core machine the pool's
 spinning makes the 184 x 513 x 128 mel matmul ~10x slower).
 """
@@ -64,21 +65,24 @@ def one_round(audio: np.ndarray, cfg: FrontendConfig, chunk_s: float, hop_s: flo
     counted = 0
     diffs = 0.0
     while nxt + n <= audio.shape[0]:
+        # one-thread paths on this thread's CPU clock: the process clock would also count the
+        # default-BLAS call's pool threads, which keep spinning into the next timed section
         with _blas_limit(blas_threads):
-            c0 = time.process_time()
+            c0 = time.thread_time()
             while not fe.available(nxt):
                 fe.push(audio[pushed : pushed + chunk])
                 pushed += chunk
             feats = fe.window(nxt)
-            c1 = time.process_time()
+            c1 = time.thread_time()
             ref = batch_features([audio[nxt : nxt + n]], cfg)[0]
-            c2 = time.process_time()
+            c2 = time.thread_time()
+        p2 = time.process_time()
         ref_blas = batch_features([audio[nxt : nxt + n]], cfg)[0]
         c3 = time.process_time()
         if nxt // hop >= warmup_windows:
             t_stream += c1 - c0
             t_plain += c2 - c1
-            t_plain_blas += c3 - c2
+            t_plain_blas += c3 - p2
             counted += 1
         diffs = max(diffs, float(np.abs(feats - ref).max()), float(np.abs(ref_blas - ref).max()))
         nxt += hop

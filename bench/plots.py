@@ -1,11 +1,49 @@
-"""PNG plots of bench/results/*.json: ``python -m bench.plots`` (matplotlib)."""
+"""PNG plots of the newest bench/results/*.json: ``python -m bench.plots`` (matplotlib).
+
+* ``model_latency_b1.png``: batch-1 latency of every model, round-robin and steady state;
+* ``frontend_cpu.png``: CPU per window, plain vs streaming (worker path and single speaker);
+* ``pipeline_latency.png``: p50/p99 chunk-to-event latency against speakers, per chunk size
+  and worker count (capacity searches), with the 250 ms target;
+* ``pipeline_rss.png``: peak worker RSS against speakers, with the 200 MB target.
+
+"Newest" is the highest ``_vN`` of each file family (``model_artifact_v6.json`` over
+``model_artifact_v5.json``), so a fresh clone plots the same files as the author.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def newest(pattern: str) -> Path | None:
+    """The file matching ``pattern`` (a glob with one ``_v*``) with the highest version."""
+    def version(p: Path) -> int:
+        m = re.search(r"_v(\d+)", p.name)
+        return int(m.group(1)) if m else -1
+
+    files = sorted(RESULTS.glob(pattern), key=version)
+    return files[-1] if files else None
+
+
+def _load(path: Path | None) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path and path.is_file() else None
+
+
+def _steps(result: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
+    """Capacity-search steps per chunk size, sorted by speakers."""
+    out = {}
+    for chunk, r in result.get("per_chunk_ms", {}).items():
+        fractions = r.get("at_fraction") or []
+        fractions = list(fractions.values()) if isinstance(fractions, dict) else list(fractions)
+        runs = r.get("search", []) + fractions or r.get("runs", [])
+        if runs:
+            out[int(chunk)] = sorted(runs, key=lambda s: s["speakers"])
+    return out
 
 
 def main() -> None:
@@ -14,34 +52,79 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    model = RESULTS / "model.json"
-    if model.is_file():
-        r = json.loads(model.read_text())
-        names = list(r["models"])
-        med = [r["models"][n]["threads_1"]["latency_ms_b1"]["median"] for n in names]
-        lo = [m - r["models"][n]["threads_1"]["latency_ms_b1"]["min"] for m, n in zip(med, names)]
-        hi = [r["models"][n]["threads_1"]["latency_ms_b1"]["max"] - m for m, n in zip(med, names)]
-        fig, ax = plt.subplots(figsize=(8, 4))
-        ax.bar(names, med, yerr=[lo, hi], capsize=4)
+    model = _load(newest("model_artifact_v*.json"))
+    if model:
+        names = list(model["models"])
+        t1 = [model["models"][n]["threads_1"] for n in names]
+        rr = [t["latency_ms_b1"]["median"] for t in t1]
+        steady = [t.get("latency_ms_b1_steady", {}).get("median", 0.0) for t in t1]
+        x = range(len(names))
+        fig, ax = plt.subplots(figsize=(9, 4))
+        ax.bar([i - 0.2 for i in x], rr, width=0.4, label="round-robin (cold caches)")
+        ax.bar([i + 0.2 for i in x], steady, width=0.4, label="steady state (back to back)")
+        ax.set_xticks(list(x), names, rotation=30, ha="right")
         ax.set_ylabel("ms per window, batch 1, 1 thread")
-        ax.set_title("Light-SERNet latency (median, min-max over repeats)")
-        plt.xticks(rotation=30, ha="right")
+        ax.set_title("Light-SERNet latency: onnxruntime vs TFLite (median of rounds)")
+        ax.legend()
         fig.tight_layout()
         fig.savefig(RESULTS / "model_latency_b1.png", dpi=110)
-    fe = RESULTS / "frontend.json"
-    if fe.is_file():
-        r = json.loads(fe.read_text())
-        fig, ax = plt.subplots(figsize=(6, 4))
+        plt.close(fig)
+
+    fe = _load(newest("frontend_v*.json"))
+    if fe:
         labels, vals = [], []
-        for hop, h in r["hops"].items():
+        for k in ("plain", "streaming"):
+            labels.append(f"worker path\n{k}")
+            vals.append(fe["worker"]["cpu_ms_per_window"][k]["median"])
+        for name, h in fe["hops"].items():
             for k in ("plain", "streaming"):
-                labels.append(f"{k}\nhop {h['hop_s']:.3f} s")
+                labels.append(f"1 speaker, {k}\nhop {h['hop_s']:.3f} s")
                 vals.append(h["cpu_ms_per_window"][k]["median"])
-        ax.bar(labels, vals)
-        ax.set_ylabel("CPU ms per window")
-        ax.set_title("MFCC frontend: plain vs streaming")
+        fig, ax = plt.subplots(figsize=(9, 4))
+        ax.bar(labels, vals, color=["C0", "C1"] * (len(vals) // 2))
+        ax.set_ylabel("CPU ms per window (median)")
+        ax.set_title(f"MFCC frontend: worker path streaming/plain = {fe['worker_streaming_vs_plain']}")
+        plt.xticks(fontsize=8)
         fig.tight_layout()
         fig.savefig(RESULTS / "frontend_cpu.png", dpi=110)
+        plt.close(fig)
+
+    searches = [(p, _load(p)) for p in sorted(RESULTS.glob("pipeline_v*_workers*.json"))]
+    latest = {}
+    for path, r in searches:  # per worker count, the newest search
+        if r and r.get("per_chunk_ms"):
+            m = re.search(r"_v(\d+)", path.name)
+            key = r["workers"]
+            if key not in latest or int(m.group(1)) >= latest[key][0]:
+                latest[key] = (int(m.group(1)), path, r)
+    if latest:
+        fig_l, ax_l = plt.subplots(figsize=(8, 4.5))
+        fig_r, ax_r = plt.subplots(figsize=(8, 4.5))
+        for workers, (_, path, r) in sorted(latest.items()):
+            for chunk, steps in sorted(_steps(r).items()):
+                n = [s["speakers"] for s in steps]
+                label = f"{workers} worker{'s' if workers > 1 else ''}, {chunk} ms chunks"
+                line, = ax_l.plot(n, [s["latency_ms"]["p99"] for s in steps], "o-", label=f"{label}: p99")
+                ax_l.plot(n, [s["latency_ms"]["p50"] for s in steps], "o:", color=line.get_color(),
+                          label=f"{label}: p50")
+                ax_r.plot(n, [s["peak_rss_mb"] for s in steps], "o-", label=label)
+        ax_l.axhline(250, color="red", lw=1, ls="--", label="target p99 250 ms")
+        ax_l.set_yscale("log")
+        ax_l.set_xlabel("real-time speakers")
+        ax_l.set_ylabel("chunk-to-event latency, ms")
+        ax_l.set_title("Pipeline latency on 2 shared cores (tansu + workers + bench)")
+        ax_l.legend(fontsize=7)
+        fig_l.tight_layout()
+        fig_l.savefig(RESULTS / "pipeline_latency.png", dpi=110)
+        ax_r.axhline(200, color="red", lw=1, ls="--", label="target 200 MB")
+        ax_r.set_xlabel("real-time speakers")
+        ax_r.set_ylabel("peak RSS of the larger worker, MB")
+        ax_r.set_title("Worker memory")
+        ax_r.legend(fontsize=7)
+        fig_r.tight_layout()
+        fig_r.savefig(RESULTS / "pipeline_rss.png", dpi=110)
+        plt.close(fig_l)
+        plt.close(fig_r)
 
 
 if __name__ == "__main__":
