@@ -185,3 +185,46 @@ def test_window_scorer_mel_cache_equals_plain_features():
     feats = scorer.features([w_new])
     assert scorer.cache.reused_rows == before
     np.testing.assert_array_equal(feats[0], window_features(w_new.samples, cfg))
+
+
+def test_leads_transform_first_windows_ahead_bit_for_bit():
+    """A speaker's first window is announced (``Lead``) once 2/3 of it has arrived; the scorer
+    transforms those frames then, and the window reuses them: same features bit for bit, and
+    every full window (the first too) reuses at least 121 of its 184 rows."""
+    from worker.scoring import WindowScorer
+    from worker.windowing import Windower, WindowingConfig
+
+    cfg = FrontendConfig()
+    rng = np.random.default_rng(4)
+    streams = []
+    for spk, chunk in (("a", 1600), ("b", 8000), ("c", 7001)):
+        audio = (0.3 * rng.standard_normal(16000 * 7)).astype(np.float32)
+        pcm = np.round(audio * 3000).astype(np.int16)  # one int16 speaker too
+        streams.append((spk, chunk, pcm if spk == "c" else audio))
+
+    def run(lead_fraction: float):
+        wcfg = WindowingConfig(window_s=3.0, hop_s=1.0, hop_align_samples=cfg.hop_length,
+                               lead_fraction=lead_fraction)
+        win = Windower(wcfg)
+        scorer = WindowScorer(model=None, frontend=cfg, hop_samples=wcfg.hop_samples)
+        got, ref, leads, full = [], [], [], 0
+        for spk, chunk, x in streams:
+            for i in range(0, x.shape[0], chunk):
+                r = win.push(("s", spk), i // chunk, x[i:i + chunk], 16000,
+                             end_of_stream=i + chunk >= x.shape[0])
+                scorer.lead(r.leads)
+                leads += r.leads
+                if r.windows:
+                    got.append(scorer.features(r.windows))
+                    ref += [window_features(w.samples, cfg) for w in r.windows]
+                    full += sum(not w.final for w in r.windows)
+        np.testing.assert_array_equal(np.concatenate(got), np.stack(ref))
+        return wcfg, leads, full, scorer.cache.reused_rows
+
+    wcfg, leads, full, reused = run(2 / 3)
+    assert [lead.key for lead in leads] == [("s", "a"), ("s", "b"), ("s", "c")]
+    assert all(wcfg.lead_samples <= lead.samples.shape[0] < wcfg.window_samples for lead in leads)
+    assert reused >= 121 * full  # the first windows too
+    off, no_leads, full_off, reused_off = run(0)
+    assert off.lead_samples == 0 and not no_leads and full_off == full
+    assert reused_off == 121 * (full - 3)  # each speaker's first window computed all 184 rows

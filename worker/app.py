@@ -255,6 +255,8 @@ class Pipeline:
                 log.warning("speaker_cap_reached", max_speakers=self.wcfg.max_speakers, evicted=n)
         for token in result.release:
             self._release(token)
+        for lead in result.leads:  # before any window: a first window then finds its frames
+            await self.scorer.put(lead)
         for window in result.windows:
             self.metrics.windows.labels("final" if window.final else "full").inc()
             if window.gap:

@@ -24,7 +24,7 @@ import numpy as np
 from worker.frontend import FrontendConfig, batch_features, features_from_mel
 from worker.logs import get_logger
 from worker.streaming_frontend import WindowMelCache
-from worker.windowing import Window
+from worker.windowing import Lead, Window
 
 log = get_logger("sernet.worker")
 
@@ -74,8 +74,22 @@ class WindowScorer:
             for k in keys:
                 self.cache.forget(k)
 
+    def lead(self, leads: Sequence[Lead]) -> None:
+        """Transform the frames of first windows ahead (:class:`Lead`); no-op without the
+        streaming frontend."""
+        if self.cache is not None and leads:
+            self.cache.lead([(x.key, x.stream_gen, x.start_sample, x.samples) for x in leads])
+
     def score(self, windows: Sequence[Window]) -> np.ndarray:
         return self.model.scores(self.features(windows))
+
+    def lead_and_score(self, items: Sequence[Window | Lead]) -> tuple[list[Window], np.ndarray]:
+        """The batch's leads first, then its windows' scores (windows in their order)."""
+        self.lead([x for x in items if isinstance(x, Lead)])
+        windows = [x for x in items if not isinstance(x, Lead)]
+        if not windows:
+            return windows, np.zeros((0, len(self.model.labels)), dtype=np.float32)
+        return windows, self.score(windows)
 
 
 ScoredCallback = Callable[[list[Window], np.ndarray], Awaitable[None]]
@@ -97,7 +111,8 @@ class BatchScorer:
         self._task: asyncio.Task | None = None
         self._busy = False
 
-    async def put(self, window: Window) -> None:
+    async def put(self, window: Window | Lead) -> None:
+        """Queue a window, or a :class:`Lead` (frames transformed ahead, no event)."""
         await self.queue.put(window)
         if self.metrics is not None:
             self.metrics.pending_windows.set(self.queue.qsize())
@@ -153,12 +168,14 @@ class BatchScorer:
                 while True:
                     try:
                         t0 = time.perf_counter()
-                        scores = await loop.run_in_executor(self.executor, self.scorer.score, batch)
+                        windows, scores = await loop.run_in_executor(
+                            self.executor, self.scorer.lead_and_score, batch)
                         if self.metrics is not None:
                             self.metrics.inference_s.observe(time.perf_counter() - t0)
-                            self.metrics.batch_size.observe(len(batch))
+                            self.metrics.batch_size.observe(len(windows))
                             self.metrics.pending_windows.set(self.queue.qsize())
-                        await self.on_scored(batch, scores)
+                        if windows:
+                            await self.on_scored(windows, scores)
                         break
                     except asyncio.CancelledError:
                         raise

@@ -294,6 +294,33 @@ class WindowMelCache:
             return 0
         return min(rows.shape[0] - d // fh, self.cfg.num_frames)
 
+    def lead(self, items) -> int:
+        """Transform ahead the frames of first windows that have partly arrived: ``items`` =
+        ``[(key, gen, start_sample, samples), ...]`` with ``samples`` the window's first
+        samples. Their mel rows and block maxima are cached as if a previous window had left
+        them, so the window reuses them when it completes. Skipped for a speaker whose stream
+        (``gen``) already has cached rows. Returns the rows computed."""
+        cfg, fh = self.cfg, self.frame_hop
+        if not self.enabled:
+            return 0
+        done = 0
+        for key, gen, start, samples in items:
+            cached = self._rows.get(key)
+            if cached is not None and cached[0] == gen:
+                continue
+            frames_in = (samples.shape[0] - cfg.frame_length) // fh + 1
+            if frames_in <= 0:
+                continue
+            rows = mel_energies(samples[: (frames_in - 1) * fh + cfg.frame_length], cfg)
+            maxima = block_maxima(samples[: (samples.shape[0] // fh) * fh], fh)
+            self._rows[key] = (gen, start, rows, maxima)
+            self._rows.move_to_end(key)
+            done += frames_in
+        while len(self._rows) > self.max_entries:
+            self._rows.popitem(last=False)
+        self.computed_rows += done
+        return done
+
     def mel_and_gain(self, items) -> tuple[np.ndarray, np.ndarray]:
         """Un-normalised mel rows (B, T, mel) and peak gains (B,) of full windows ``items`` =
         ``[(key, gen, start_sample, samples), ...]``; reuses and updates the cached rows.

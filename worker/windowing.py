@@ -99,6 +99,10 @@ class WindowingConfig:
     # hop rounded to a multiple of this many samples (the frontend's frame hop, 256, in the
     # worker: consecutive windows then share frames); 0 keeps round(hop_s * rate)
     hop_align_samples: int = 0
+    # a speaker's first window is announced once this share of it has arrived (``Lead``): the
+    # scorer transforms those frames early instead of all of them when the window completes
+    # (0: off). Later windows reuse the previous window's frames anyway.
+    lead_fraction: float = 2 / 3
 
     def __post_init__(self) -> None:
         if self.window_samples <= 0 or self.hop_samples <= 0:
@@ -116,6 +120,11 @@ class WindowingConfig:
     def hop_samples(self) -> int:
         return effective_hop_samples(self.hop_s, self.sample_rate_hz, self.hop_align_samples,
                                      self.window_samples)
+
+    @property
+    def lead_samples(self) -> int:
+        """Samples of a first window that trigger its :class:`Lead` (0: no leads)."""
+        return int(self.window_samples * self.lead_fraction) if self.lead_fraction > 0 else 0
 
     @property
     def max_buffer_samples(self) -> int:
@@ -314,23 +323,39 @@ class Window:
 
 
 @dataclass
+class Lead:
+    """The first ``samples.shape[0]`` samples of a speaker's first window, sent ahead of it:
+    a streaming scorer transforms their frames while the rest of the window arrives, so a
+    first window (which has no predecessor to share frames with) costs no more at completion
+    than a later one. Carries no offsets and produces no event."""
+
+    key: Hashable
+    start_sample: int
+    samples: np.ndarray  # float32, as the window's samples will be
+    stream_gen: int = 0
+
+
+@dataclass
 class StepResult:
     """What one push/tick produced.
 
     ``windows`` in emission order; ``release`` are tokens free *now* (dropped duplicates), the
     rest ride on ``Window.release``. ``counts`` increments metrics (duplicate, reordered,
-    gap_filled_chunks, flushed_idle, evicted, late_after_end).
+    gap_filled_chunks, flushed_idle, evicted, late_after_end). ``leads``: first windows
+    announced early (:class:`Lead`), to be handed to the scorer before any window.
     """
 
     windows: list[Window] = field(default_factory=list)
     release: list[Any] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    leads: list["Lead"] = field(default_factory=list)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + n
 
     def extend(self, other: "StepResult") -> None:
         self.windows.extend(other.windows)
+        self.leads.extend(other.leads)
         self.release.extend(other.release)
         for k, v in other.counts.items():
             self.count(k, v)
@@ -405,6 +430,7 @@ class SpeakerState:
         self.last_chunk_len = 0
         self.last_activity = now
         self.emitted_any = False
+        self.lead_sent = False
 
     # -- positions
     # The sample buffer is ``_store[_lo:_hi]`` in a preallocated array with slack: a chunk is
@@ -466,12 +492,7 @@ class SpeakerState:
         hop, cfg = self.cfg.hop_samples, self.cfg
         start = index * hop
         lo = start - self.buf_start
-        samples = self.buf[lo: lo + (end - start)]
-        if self.pcm16:  # a new float32 array either way
-            samples = samples.astype(np.float32)
-            samples *= np.float32(PCM16_STEP)
-        else:
-            samples = samples.copy()
+        samples = self._float_copy(lo, lo + (end - start))
         gap = any(a < end and b > start for a, b in self.fills)
         if gap:  # judge speech on real audio only
             mask = np.ones(samples.shape[0], dtype=bool)
@@ -485,6 +506,29 @@ class SpeakerState:
         self.emitted_any = True
         return Window(self.key, index, start, samples, cfg.sample_rate_hz, final, gap, speech, now,
                       origin_ts=self.origin_ts, stream_gen=self.gen)
+
+    def _float_copy(self, lo: int, hi: int) -> np.ndarray:
+        """``buf[lo:hi]`` as a new float32 array (int16 PCM scaled exactly)."""
+        samples = self.buf[lo:hi]
+        if self.pcm16:
+            samples = samples.astype(np.float32)
+            samples *= np.float32(PCM16_STEP)
+            return samples
+        return samples.copy()
+
+    def _lead(self, result: "StepResult") -> None:
+        """Announce the first window once ``lead_samples`` of it have arrived (once per
+        speaker generation; appended audio never changes, so the lead's samples are the
+        window's)."""
+        need = self.cfg.lead_samples
+        if not need or self.emitted_any or self.lead_sent:
+            return
+        start = self.next_index * self.cfg.hop_samples
+        have = self.buf_end - start
+        if need <= have < self.cfg.window_samples and start >= self.buf_start:
+            lo = start - self.buf_start
+            result.leads.append(Lead(self.key, start, self._float_copy(lo, lo + have), self.gen))
+            self.lead_sent = True
 
     def _release_before(self, pos: int) -> list[Any]:
         """Tokens of chunks whose influenced samples all lie before ``pos``."""
@@ -510,6 +554,7 @@ class SpeakerState:
         # audio before the next window start is not needed by any window
         if self.buf_start < self.next_index * hop:
             self._trim_to(min(self.next_index * hop, self.buf_end))
+        self._lead(result)
 
     def emit_final(self, now: float, result: StepResult) -> None:
         """End of stream: the final partial window, then release every chunk."""
