@@ -108,23 +108,20 @@ def main() -> None:
                 ax_l.plot(n, [s["latency_ms"]["p50"] for s in steps], "o:", color=line.get_color(),
                           label=f"{label}: p50")
                 ax_r.plot(n, [s["peak_rss_mb"] for s in steps], "o-", label=label)
-        ax_l.axhline(250, color="red", lw=1, ls="--", label="target p99 250 ms")
         ax_l.set_yscale("log")
-        ax_l.set_xlabel("real-time speakers")
-        ax_l.set_ylabel("chunk-to-event latency, ms")
-        ax_l.set_title("Pipeline latency on 2 shared cores (tansu + workers + bench)")
-        ax_l.legend(fontsize=7)
-        fig_l.tight_layout()
-        fig_l.savefig(RESULTS / "pipeline_latency.png", dpi=110)
-        ax_r.axhline(200, color="red", lw=1, ls="--", label="target 200 MB")
-        ax_r.set_xlabel("real-time speakers")
-        ax_r.set_ylabel("peak RSS of the larger worker, MB")
-        ax_r.set_title("Worker memory")
-        ax_r.legend(fontsize=7)
-        fig_r.tight_layout()
-        fig_r.savefig(RESULTS / "pipeline_rss.png", dpi=110)
-        plt.close(fig_l)
-        plt.close(fig_r)
+        for fig, ax, target, ylabel, title, name in (
+                (fig_l, ax_l, (250, "target p99 250 ms"), "chunk-to-event latency, ms",
+                 "Pipeline latency on 2 shared cores (tansu + workers + bench)", "pipeline_latency.png"),
+                (fig_r, ax_r, (200, "target 200 MB"), "peak RSS of the larger worker, MB",
+                 "Worker memory", "pipeline_rss.png")):
+            ax.axhline(target[0], color="red", lw=1, ls="--", label=target[1])
+            ax.set_xlabel("real-time speakers")
+            ax.set_ylabel(ylabel)
+            ax.set_title(title)
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(RESULTS / name, dpi=110)
+            plt.close(fig)
 
 
 if __name__ == "__main__":
