@@ -51,6 +51,7 @@ from schemas.messages import (
     make_event_id,
     message_key,
     parse_message_key,
+    pcm16_to_float32,
 )
 
 JSON_SCHEMA_DIR = Path(__file__).with_name("json")
@@ -64,6 +65,7 @@ __all__ = [
     "SAMPLE_WIDTH_BYTES", "SCHEMA_VERSION", "SUPPORTED_VERSIONS", "SchemaError",
     "UnsupportedVersion", "WrongKind", "alaw_decode", "alaw_encode", "decode",
     "decode_audio_chunk", "decode_dead_letter", "decode_emotion_event", "encode",
-    "encode_samples", "make_event_id", "message_key", "parse_message_key", "ulaw_decode",
+    "encode_samples", "make_event_id", "message_key", "parse_message_key", "pcm16_to_float32",
+    "ulaw_decode",
     "ulaw_encode", "unpack",
 ]

@@ -211,16 +211,8 @@ class AudioChunk:
 
     def pcm(self) -> np.ndarray:
         """The samples as float32 in [-1, 1] (f32le values outside are clipped)."""
-        if self.encoding == "pcm_s16le":
-            out = np.frombuffer(self.samples, dtype="<i2").astype(np.float32)
-            out *= np.float32(1.0 / 32768.0)  # in place, exact (a power of two)
-        elif self.encoding == "f32le":
-            out = np.clip(np.frombuffer(self.samples, dtype="<f4"), -1.0, 1.0).astype(np.float32)
-        elif self.encoding == "mulaw":
-            out = g711.ulaw_decode(self.samples).astype(np.float32) / 32768.0
-        else:
-            out = g711.alaw_decode(self.samples).astype(np.float32) / 32768.0
-        return out
+        native = self.pcm_native()
+        return native if native.dtype == np.float32 else pcm16_to_float32(native)
 
     def pcm_native(self) -> np.ndarray:
         """The samples without loss in their smallest form: int16 for s16le, mu-law and A-law
@@ -232,7 +224,7 @@ class AudioChunk:
             return g711.ulaw_decode(self.samples).astype(np.int16, copy=False)
         if self.encoding == "alaw":
             return g711.alaw_decode(self.samples).astype(np.int16, copy=False)
-        return self.pcm()
+        return np.clip(np.frombuffer(self.samples, dtype="<f4"), -1.0, 1.0).astype(np.float32)
 
     @classmethod
     def from_pcm(cls, pcm: np.ndarray, *, stream_id: str, speaker_id: str, seq: int,
@@ -257,6 +249,13 @@ class AudioChunk:
                    sample_rate_hz=_require(d, "sample_rate_hz"), encoding=_require(d, "encoding"),
                    samples=_require(d, "samples"), end_of_stream=_require(d, "end_of_stream"),
                    v=d["v"])
+
+
+def pcm16_to_float32(pcm: np.ndarray) -> np.ndarray:
+    """int16 PCM as a new float32 array in [-1, 1): x / 32768, exact (a power of two)."""
+    out = pcm.astype(np.float32)
+    out *= np.float32(1.0 / 32768.0)
+    return out
 
 
 def encode_samples(pcm: np.ndarray, encoding: Encoding) -> bytes:

@@ -55,7 +55,6 @@ class StreamingFrontend:
         self.cfg = cfg
         self.hop = cfg.hop_length
         self.n = cfg.window_samples
-        self.k = top_k_count(self.n, cfg.peak_percentile)
         self.full_blocks = self.n // self.hop          # 187 for 48,000 samples
         self.reset()
 
@@ -312,12 +311,9 @@ class WindowMelCache:
             if frames_in <= 0:
                 continue
             rows = mel_energies(samples[: (frames_in - 1) * fh + cfg.frame_length], cfg)
-            maxima = block_maxima(samples[: (samples.shape[0] // fh) * fh], fh)
-            self._rows[key] = (gen, start, rows, maxima)
-            self._rows.move_to_end(key)
+            self._remember(key, (gen, start, rows,
+                                 block_maxima(samples[: (samples.shape[0] // fh) * fh], fh)))
             done += frames_in
-        while len(self._rows) > self.max_entries:
-            self._rows.popitem(last=False)
         self.computed_rows += done
         return done
 
@@ -377,9 +373,14 @@ class WindowMelCache:
         if self.enabled:
             keep = self.keep_from_row
             for i, (key, gen, start, _) in enumerate(items):
-                self._rows[key] = (gen, start + keep * fh, mel[i, keep:].copy(),  # not views
-                                   maxima[i][keep:].copy())
-                self._rows.move_to_end(key)
-            while len(self._rows) > self.max_entries:
-                self._rows.popitem(last=False)
+                self._remember(key, (gen, start + keep * fh, mel[i, keep:].copy(),  # not views
+                                     maxima[i][keep:].copy()))
         return mel, gains
+
+    def _remember(self, key, entry: tuple) -> None:
+        """Cache ``entry`` as ``key``'s rows, most recently used; the least recent beyond
+        ``max_entries`` are dropped."""
+        self._rows[key] = entry
+        self._rows.move_to_end(key)
+        while len(self._rows) > self.max_entries:
+            self._rows.popitem(last=False)

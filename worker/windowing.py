@@ -65,8 +65,9 @@ from typing import Any, Callable, Hashable, Iterable
 
 import numpy as np
 
+from schemas import pcm16_to_float32
+
 SAMPLE_RATE_HZ = 16000
-PCM16_STEP = 1.0 / 32768.0  # int16 PCM full scale
 VAD_FRAME_MS = 30.0
 
 
@@ -456,7 +457,7 @@ class SpeakerState:
 
     def _to_float(self) -> None:
         if self.pcm16:  # exact: every int16 / 32768 is a float32
-            self._store = self._store.astype(np.float32) * np.float32(PCM16_STEP)
+            self._store = pcm16_to_float32(self._store)
 
     def _append(self, samples: np.ndarray) -> None:
         n = samples.shape[0]
@@ -510,11 +511,7 @@ class SpeakerState:
     def _float_copy(self, lo: int, hi: int) -> np.ndarray:
         """``buf[lo:hi]`` as a new float32 array (int16 PCM scaled exactly)."""
         samples = self.buf[lo:hi]
-        if self.pcm16:
-            samples = samples.astype(np.float32)
-            samples *= np.float32(PCM16_STEP)
-            return samples
-        return samples.copy()
+        return pcm16_to_float32(samples) if self.pcm16 else samples.copy()
 
     def _lead(self, result: "StepResult") -> None:
         """Announce the first window once ``lead_samples`` of it have arrived (once per
@@ -580,7 +577,7 @@ class SpeakerState:
                fill: bool = False) -> None:
         """``samples``: int16 PCM (kept as int16 while every chunk is, at 16 kHz) or float32."""
         if samples.dtype == np.int16 and not (self.pcm16 and self.resampler.passthrough):
-            samples = samples.astype(np.float32) * np.float32(PCM16_STEP)  # exact
+            samples = pcm16_to_float32(samples)
         if samples.dtype != np.int16:
             self._to_float()
         n_in_end = self.resampler.n_in + samples.shape[0]
