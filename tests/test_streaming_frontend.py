@@ -181,7 +181,7 @@ def test_window_scorer_mel_cache_equals_plain_features():
     before = scorer.cache.reused_rows
     scorer.features([w0])
     w_new = type(w0)(**{**w0.__dict__, "stream_gen": w0.stream_gen + 1000,
-                        "samples": (w0.samples * 0.5).astype(np.float32)})
+                        "pcm": (w0.samples * 0.5).astype(np.float32)})
     feats = scorer.features([w_new])
     assert scorer.cache.reused_rows == before
     np.testing.assert_array_equal(feats[0], window_features(w_new.samples, cfg))

@@ -297,6 +297,15 @@ def test_vad():
     tail = np.zeros(16100, np.float32)
     tail[-100:] = 0.02  # only the short trailing frame is loud
     assert vad_speech(tail, -45.0) and not vad_speech(tail[:-100], -45.0)
+    # int16 PCM is judged without a conversion, as its float32 values x / 32768 would be: the
+    # threshold's RMS is 184.3 in int16 units, so 184 is silence and 185 speech
+    for value in (183, 184, 185, 186, -185, 32767, -32768):
+        pcm = np.full(16000, value, np.int16)
+        assert vad_speech(pcm, -45.0) == vad_speech(pcm.astype(np.float32) / 32768, -45.0)
+        assert vad_speech(pcm, -45.0) == (abs(value) >= 185)
+        short = np.zeros(16100, np.int16)
+        short[-100:] = value  # only the short trailing frame: 100 samples
+        assert vad_speech(short, -45.0) == vad_speech(short.astype(np.float32) / 32768, -45.0)
     win = Windower(SMALL, clock=FakeClock())
     out = win.push("s", 0, np.zeros(W, np.float32), 16000, end_of_stream=True).windows
     assert [w.speech for w in out] == [False]
@@ -310,16 +319,19 @@ def test_int16_pcm_buffers_give_the_same_windows_in_half_the_memory():
     pcm = rng.integers(-32768, 32768, size=W * 4, dtype=np.int16)
     audio = pcm.astype(np.float32) / 32768.0
     chunks = [(i, slice(i * 800, (i + 1) * 800)) for i in range(audio.shape[0] // 800)]
+    held: list = []  # dtype each window holds its audio in until scored
 
     def windows(pcm16_of, skip=()):
         win = Windower(SMALL, clock=FakeClock())
         out, sizes = [], []
+        held.clear()
         for i, span in chunks:
             if i in skip:
                 continue
             x = pcm[span] if pcm16_of(i) else audio[span]
             r = win.push("s", i, x, 16000, end_of_stream=i == len(chunks) - 1, token=i)
             out += [(w.start_sample, w.samples, w.final, w.gap, w.speech, w.release) for w in r.windows]
+            held.extend(w.pcm.dtype for w in r.windows)
             if "s" in win.speakers:
                 sizes.append((win.speakers["s"].pcm16, win.speakers["s"]._store.nbytes))
             if i == 7 and skip:  # the reorder timeout: fill the missing chunk with silence
@@ -329,6 +341,7 @@ def test_int16_pcm_buffers_give_the_same_windows_in_half_the_memory():
 
     ref, ref_sizes = windows(lambda i: False)
     got, sizes = windows(lambda i: True)
+    assert held and set(held) == {np.dtype(np.int16)}  # a queued window holds 2 bytes a sample
     mixed, mixed_sizes = windows(lambda i: i < 9)  # a float32 chunk from chunk 9 on
     for other in (got, mixed):
         assert len(other) == len(ref)

@@ -55,8 +55,8 @@ class WindowScorer:
         if self.cache is None:
             return batch_features([w.samples for w in windows], cfg)
         out = np.empty((len(windows),) + cfg.input_shape, dtype=np.float32)
-        rows = [i for i, w in enumerate(windows) if w.samples.shape[0] == n and not w.final]
-        plain = [i for i, w in enumerate(windows) if w.samples.shape[0] != n or w.final]
+        rows = [i for i, w in enumerate(windows) if w.n_samples == n and not w.final]
+        plain = [i for i, w in enumerate(windows) if w.n_samples != n or w.final]
         if rows:
             mel, gains = self.cache.mel_and_gain(
                 [(windows[i].key, windows[i].stream_gen, windows[i].start_sample, windows[i].samples)

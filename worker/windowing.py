@@ -290,14 +290,24 @@ class StreamingResampler:
 # --------------------------------------------------------------------------- outputs
 
 
+def as_float32(pcm: np.ndarray) -> np.ndarray:
+    """Samples as float32: int16 PCM converted (x / 32768, exact), float32 as it is."""
+    return pcm16_to_float32(pcm) if pcm.dtype == np.int16 else pcm
+
+
 @dataclass
 class Window:
-    """One window ready to score. ``samples`` holds only the real audio (no end padding)."""
+    """One window ready to score: only the real audio (no end padding).
+
+    ``pcm`` is the window's own copy of the audio as the speaker's buffer holds it: int16 PCM
+    (half the memory of float32 while the window waits for the scorer, bench/README.md
+    section 12) or float32; ``samples`` is it as float32 (converted on each access: the
+    scoring thread asks once)."""
 
     key: Hashable
     index: int
     start_sample: int
-    samples: np.ndarray
+    pcm: np.ndarray
     sample_rate_hz: int
     final: bool
     gap: bool
@@ -310,8 +320,16 @@ class Window:
     stream_gen: int = 0
 
     @property
+    def samples(self) -> np.ndarray:
+        return as_float32(self.pcm)
+
+    @property
+    def n_samples(self) -> int:
+        return self.pcm.shape[0]
+
+    @property
     def end_sample(self) -> int:
-        return self.start_sample + self.samples.shape[0]
+        return self.start_sample + self.pcm.shape[0]
 
     @property
     def start_s(self) -> float:
@@ -332,8 +350,12 @@ class Lead:
 
     key: Hashable
     start_sample: int
-    samples: np.ndarray  # float32, as the window's samples will be
+    pcm: np.ndarray  # as the window's ``pcm`` will be (int16 PCM or float32)
     stream_gen: int = 0
+
+    @property
+    def samples(self) -> np.ndarray:
+        return as_float32(self.pcm)
 
 
 @dataclass
@@ -369,13 +391,16 @@ def vad_speech(samples: np.ndarray, threshold_dbfs: float, sample_rate_hz: int =
     A trailing frame shorter than ``frame_ms`` counts too (a short window is still judged).
     Compares each frame's sum of squares (float32 dot products) with ``frame * 10^(dB/10)``:
     no float64 copy of the window and no square root (265 -> 8 us per 3 s window; it runs on
-    the event loop for every window).
+    the event loop for every window). int16 PCM is judged unscaled against the threshold
+    times 32768^2: scaling by a power of two is exact, so the decision is the one for x / 32768.
     """
     n = samples.shape[0]
     if n == 0:
         return False
     frame = max(1, int(round(frame_ms * sample_rate_hz / 1000.0)))
     mean_square = 10.0 ** (threshold_dbfs / 10.0)
+    if samples.dtype == np.int16:
+        mean_square *= 32768.0 ** 2
     full = (n // frame) * frame
     x = np.asarray(samples, dtype=np.float32)
     if full:
@@ -493,25 +518,20 @@ class SpeakerState:
         hop, cfg = self.cfg.hop_samples, self.cfg
         start = index * hop
         lo = start - self.buf_start
-        samples = self._float_copy(lo, lo + (end - start))
+        pcm = self.buf[lo : lo + (end - start)].copy()
         gap = any(a < end and b > start for a, b in self.fills)
         if gap:  # judge speech on real audio only
-            mask = np.ones(samples.shape[0], dtype=bool)
+            mask = np.ones(pcm.shape[0], dtype=bool)
             for a, b in self.fills:
                 s, e = max(a, start) - start, min(b, end) - start
                 if e > s:
                     mask[s:e] = False
-            speech = vad_speech(samples[mask], cfg.vad_threshold_dbfs, cfg.sample_rate_hz)
+            speech = vad_speech(pcm[mask], cfg.vad_threshold_dbfs, cfg.sample_rate_hz)
         else:
-            speech = vad_speech(samples, cfg.vad_threshold_dbfs, cfg.sample_rate_hz)
+            speech = vad_speech(pcm, cfg.vad_threshold_dbfs, cfg.sample_rate_hz)
         self.emitted_any = True
-        return Window(self.key, index, start, samples, cfg.sample_rate_hz, final, gap, speech, now,
+        return Window(self.key, index, start, pcm, cfg.sample_rate_hz, final, gap, speech, now,
                       origin_ts=self.origin_ts, stream_gen=self.gen)
-
-    def _float_copy(self, lo: int, hi: int) -> np.ndarray:
-        """``buf[lo:hi]`` as a new float32 array (int16 PCM scaled exactly)."""
-        samples = self.buf[lo:hi]
-        return pcm16_to_float32(samples) if self.pcm16 else samples.copy()
 
     def _lead(self, result: "StepResult") -> None:
         """Announce the first window once ``lead_samples`` of it have arrived (once per
@@ -524,7 +544,7 @@ class SpeakerState:
         have = self.buf_end - start
         if need <= have < self.cfg.window_samples and start >= self.buf_start:
             lo = start - self.buf_start
-            result.leads.append(Lead(self.key, start, self._float_copy(lo, lo + have), self.gen))
+            result.leads.append(Lead(self.key, start, self.buf[lo : lo + have].copy(), self.gen))
             self.lead_sent = True
 
     def _release_before(self, pos: int) -> list[Any]:
