@@ -187,6 +187,33 @@ def test_window_scorer_mel_cache_equals_plain_features():
     np.testing.assert_array_equal(feats[0], window_features(w_new.samples, cfg))
 
 
+def test_window_scorer_int16_backlog_in_steps_equals_plain_features():
+    """int16 PCM speakers: windows keep int16 until scored, the scorer converts them exactly;
+    a backlog larger than one feature step (FEATURE_WINDOWS) is taken step by step in order,
+    each window still reusing its predecessor's rows."""
+    from worker.scoring import FEATURE_WINDOWS, WindowScorer
+    from worker.windowing import Windower, WindowingConfig
+
+    cfg = FrontendConfig()
+    wcfg = WindowingConfig(window_s=3.0, hop_s=1.0, hop_align_samples=cfg.hop_length)
+    rng = np.random.default_rng(11)
+    win = Windower(wcfg)
+    windows = []
+    for spk in ("a", "b", "c"):
+        pcm = (9000 * rng.standard_normal(16000 * 10)).clip(-32768, 32767).astype(np.int16)
+        for i in range(0, pcm.shape[0], 8000):
+            windows += win.push(("s", spk), i // 8000, pcm[i:i + 8000], 16000,
+                                end_of_stream=i + 8000 >= pcm.shape[0]).windows
+    assert {w.pcm.dtype for w in windows} == {np.dtype(np.int16)}
+    full = sum(not w.final for w in windows)
+    assert full > FEATURE_WINDOWS
+    scorer = WindowScorer(model=None, frontend=cfg, hop_samples=wcfg.hop_samples)
+    ref = np.stack([window_features(w.pcm.astype(np.float32) / 32768, cfg) for w in windows])
+    np.testing.assert_array_equal(scorer.features(windows), ref)
+    assert scorer.cache.reused_rows == 121 * (full - 3)  # all but each speaker's first
+    assert len(scorer.cache) == 0
+
+
 def test_leads_transform_first_windows_ahead_bit_for_bit():
     """A speaker's first window is announced (``Lead``) once 2/3 of it has arrived; the scorer
     transforms those frames then, and the window reuses them: same features bit for bit, and

@@ -461,8 +461,11 @@ class SpeakerState:
     # -- positions
     # The sample buffer is ``_store[_lo:_hi]`` in a preallocated array with slack: a chunk is
     # copied in once, trimming moves ``_lo``; the live samples are moved to the front only when
-    # the slack is used up (about every quarter window), instead of re-concatenating the
-    # whole 2-3 s buffer for every 100 ms chunk.
+    # the slack is used up, instead of re-concatenating the whole 2-3 s buffer for every
+    # chunk. The array is sized once for a window plus a chunk plus slack (one chunk, at
+    # least 1/16 window): at 500 ms chunks the live 2-3 s move about once a second, and a
+    # speaker's buffer is not reallocated as it fills (fewer heap holes; bench/README.md,
+    # section 12).
     @property
     def buf(self) -> np.ndarray:
         return self._store[self._lo:self._hi]
@@ -490,9 +493,10 @@ class SpeakerState:
             return
         if self._hi + n > self._store.shape[0]:
             live = self._hi - self._lo
-            slack = max(n, self.cfg.window_samples // 4)
-            if live + n > self._store.shape[0] or self._store.shape[0] > live + n + 2 * slack:
-                store = np.empty(live + n + slack, dtype=self._store.dtype)
+            w = self.cfg.window_samples
+            size = max(w, live + n) + max(n, w // 16)
+            if live + n > self._store.shape[0] or self._store.shape[0] > 2 * size:
+                store = np.empty(size, dtype=self._store.dtype)
                 store[:live] = self._store[self._lo:self._hi]
                 self._store = store
             elif live:
