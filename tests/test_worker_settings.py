@@ -35,3 +35,16 @@ def test_every_worker_flag_shows_its_env_var():
     out = CliRunner().invoke(worker, ["--help"], terminal_width=200).output
     for name in WORKER_OPTIONS:
         assert FIELDS[name].env in out, name
+
+
+def test_worker_limits_glibc_to_one_malloc_arena(monkeypatch):
+    """`sernet worker` shares one malloc arena between its threads (glibc), unless the
+    operator set MALLOC_ARENA_MAX themselves."""
+    import platform
+
+    from worker.cli import one_malloc_arena
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert one_malloc_arena() is False
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert one_malloc_arena() is (platform.libc_ver()[0] == "glibc")
