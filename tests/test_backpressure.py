@@ -177,7 +177,9 @@ def test_thousands_of_speakers_rss_bounded_and_lag_visible(tmp_path):
 
     n_speakers = 20_000 if LONG else 1_000
     cap = 100
-    rss_bound = 600 << 20  # bytes; ~1 GiB would mean a leak per speaker
+    # bytes: measured 2026-12-01 166 MiB peak (20,000 speakers: 257); ~1 GiB would mean a
+    # leak per speaker
+    rss_bound = (400 if LONG else 300) << 20
     tag = uuid.uuid4().hex[:6]
     with EmbeddedBroker(port=0) as broker:
         s = Settings(broker_url=broker.url, partitions=3, model_dir=str(committed_or_fixture()),
