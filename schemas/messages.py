@@ -251,8 +251,11 @@ class AudioChunk:
                    v=d["v"])
 
 
-def pcm16_to_float32(pcm: np.ndarray) -> np.ndarray:
-    """int16 PCM as a new float32 array in [-1, 1): x / 32768, exact (a power of two)."""
+def pcm16_to_float32(pcm: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """int16 PCM as float32 in [-1, 1): x / 32768, exact (a power of two). Into ``out`` (a
+    float32 array of the same length, e.g. a reused scratch row) if given, else a new array."""
+    if out is not None:
+        return np.multiply(pcm, np.float32(1.0 / 32768.0), out=out, casting="unsafe")
     out = pcm.astype(np.float32)
     out *= np.float32(1.0 / 32768.0)
     return out

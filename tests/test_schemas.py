@@ -120,6 +120,15 @@ def test_message_key() -> None:
         schemas.parse_message_key(b"\xff\xfe")
 
 
+def test_pcm16_to_float32_is_exact_into_a_new_or_a_given_array() -> None:
+    every = np.arange(-32768, 32768, dtype=np.int16)
+    new = schemas.pcm16_to_float32(every)
+    assert new.dtype == np.float32 and np.array_equal(new.astype(np.float64), every / 32768.0)
+    scratch = np.full(every.shape[0] + 5, np.nan, dtype=np.float32)
+    into = schemas.pcm16_to_float32(every, out=scratch[: every.shape[0]])
+    assert np.shares_memory(into, scratch) and np.array_equal(into, new)
+
+
 def test_pcm_decodes_each_encoding() -> None:
     assert chunk(samples=np.array([0, 16384, -32768], "<i2").tobytes()).pcm().tolist() == [0, 0.5, -1]
     f = chunk(encoding="f32le", samples=np.array([0.25, 2.0, -3.0], "<f4").tobytes()).pcm()

@@ -24,7 +24,7 @@ import numpy as np
 from worker.frontend import FrontendConfig, batch_features, features_from_mel
 from worker.logs import get_logger
 from worker.streaming_frontend import WindowMelCache
-from worker.windowing import Lead, Window
+from worker.windowing import Lead, Window, as_float32
 
 log = get_logger("sernet.worker")
 
@@ -40,8 +40,9 @@ class WindowScorer:
 
     With ``hop_samples`` a multiple of the frontend's frame hop, full windows go through the
     streaming frontend (:class:`WindowMelCache`: each frame's mel energies computed once per
-    speaker) and are finished in one vectorised log/DCT for the batch; final partial windows
-    (and every window without ``hop_samples``) take the plain ``batch_features`` path. Both
+    speaker) and are finished in one vectorised log/DCT per ``FEATURE_WINDOWS`` windows;
+    final partial windows (and every window without ``hop_samples``) take the plain
+    ``batch_features`` path. Both
     equal ``window_features`` of the window's samples bit for bit. Runs in one executor
     thread, which owns the cache.
     """
@@ -82,18 +83,9 @@ class WindowScorer:
         :attr:`Window.samples` would) into rows of one scratch array reused batch after batch,
         not a new 192 KB array per window; float32 windows as they are. Valid until the next
         call."""
-        n = self.frontend.window_samples
         if self._scratch.shape[0] < len(idx):
-            self._scratch = np.empty((len(idx), n), dtype=np.float32)
-        out = []
-        for j, i in enumerate(idx):
-            pcm = windows[i].pcm
-            if pcm.dtype == np.int16:
-                out.append(np.multiply(pcm, np.float32(1.0 / 32768.0), out=self._scratch[j],
-                                       casting="unsafe"))
-            else:
-                out.append(pcm)
-        return out
+            self._scratch = np.empty((len(idx), self.frontend.window_samples), dtype=np.float32)
+        return [as_float32(windows[i].pcm, out=self._scratch[j]) for j, i in enumerate(idx)]
 
     def forget(self, keys) -> None:
         """Drop cached rows of speakers (call from the executor thread)."""

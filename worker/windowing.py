@@ -290,9 +290,10 @@ class StreamingResampler:
 # --------------------------------------------------------------------------- outputs
 
 
-def as_float32(pcm: np.ndarray) -> np.ndarray:
-    """Samples as float32: int16 PCM converted (x / 32768, exact), float32 as it is."""
-    return pcm16_to_float32(pcm) if pcm.dtype == np.int16 else pcm
+def as_float32(pcm: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Samples as float32: int16 PCM converted (x / 32768, exact; into ``out`` if given),
+    float32 as it is."""
+    return pcm16_to_float32(pcm, out) if pcm.dtype == np.int16 else pcm
 
 
 @dataclass
