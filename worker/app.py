@@ -34,7 +34,6 @@ the design, not a stall.
 from __future__ import annotations
 
 import asyncio
-import functools
 import gc
 import os
 import sys
@@ -508,12 +507,13 @@ def create_app(settings: Settings, model_bundle=None):
             except Exception:  # highwater unknown before the first fetch response
                 pass
             # the offset tracker holds the ack until the chunk's windows are delivered: it
-            # holds the message, not the event, and the payload is dropped once handled (the
-            # windowing copied the samples or keeps its own view of what it still needs), so
-            # ~3 s of every speaker's raw chunks do not stay in memory (bench/README.md, 12)
+            # holds the message, not the event (the ack is what ``Event.ack`` does), and the
+            # payload is dropped once handled (the windowing copied the samples or keeps its
+            # own view of what it still needs), so ~3 s of every speaker's raw chunks do not
+            # stay in memory (bench/README.md, section 12)
             await pipeline.handle(Incoming(key=message.key, value=message.value, topic=tp.topic,
                                            partition=tp.partition, offset=message.offset,
-                                           ack=functools.partial(message.ack, app.consumer),
+                                           ack=lambda m=message: m.ack(app.consumer),
                                            tp=tp, received_at=time.monotonic()))
             message.value = None
 
