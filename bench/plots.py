@@ -20,13 +20,15 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _version(path: Path) -> int:
+    """The ``N`` of a results file named ``..._vN...`` (-1 without one)."""
+    m = re.search(r"_v(\d+)", path.name)
+    return int(m.group(1)) if m else -1
+
+
 def newest(pattern: str) -> Path | None:
     """The file matching ``pattern`` (a glob with one ``_v*``) with the highest version."""
-    def version(p: Path) -> int:
-        m = re.search(r"_v(\d+)", p.name)
-        return int(m.group(1)) if m else -1
-
-    files = sorted(RESULTS.glob(pattern), key=version)
+    files = sorted(RESULTS.glob(pattern), key=_version)
     return files[-1] if files else None
 
 
@@ -93,10 +95,9 @@ def main() -> None:
     latest = {}
     for path, r in searches:  # per worker count, the newest search
         if r and r.get("per_chunk_ms"):
-            m = re.search(r"_v(\d+)", path.name)
             key = r["workers"]
-            if key not in latest or int(m.group(1)) >= latest[key][0]:
-                latest[key] = (int(m.group(1)), path, r)
+            if key not in latest or _version(path) >= latest[key][0]:
+                latest[key] = (_version(path), path, r)
     if latest:
         fig_l, ax_l = plt.subplots(figsize=(8, 4.5))
         fig_r, ax_r = plt.subplots(figsize=(8, 4.5))

@@ -42,9 +42,8 @@ class WindowScorer:
     streaming frontend (:class:`WindowMelCache`: each frame's mel energies computed once per
     speaker) and are finished in one vectorised log/DCT per ``FEATURE_WINDOWS`` windows;
     final partial windows (and every window without ``hop_samples``) take the plain
-    ``batch_features`` path. Both
-    equal ``window_features`` of the window's samples bit for bit. Runs in one executor
-    thread, which owns the cache.
+    ``batch_features`` path. Both equal ``window_features`` of the window's samples bit for
+    bit. Runs in one executor thread, which owns the cache.
     """
 
     def __init__(self, model, frontend: FrontendConfig, hop_samples: int | None = None,
