@@ -417,6 +417,9 @@ def test_qat_settings_are_validated():
     with pytest.raises(ValueError, match="qat_epochs"):
         preset("robust", qat_epochs=-1)
     assert preset("robust", qat_epochs=2).total_epochs == preset("robust").epochs + 2
+    with pytest.raises(ValueError, match="int8_recipe"):
+        preset("robust", int8_recipe="nope")
+    assert preset("robust", int8_recipe="fused-relu-fp32-pools").int8_recipe == "fused-relu-fp32-pools"
 
 
 def test_int8_recipe_keeps_the_input_stage_fp32_and_no_pooling_kernel(tmp_path):
@@ -460,3 +463,80 @@ def test_int8_recipe_keeps_the_input_stage_fp32_and_no_pooling_kernel(tmp_path):
     assert np.mean(run(fused).argmax(1) == run(fp32).argmax(1)) >= 0.5
     with pytest.raises(ValueError, match="unknown int8 recipe"):
         quantize_model(fp32, tmp_path / "x.onnx", x, recipe="nope")
+
+    # fused-relu-fp32-pools: the fp32 input stage pools with AveragePool, the edge Pad is on
+    # uint8 (no dequantize/quantize pair around it), and the scores equal fused-relu's
+    pools = quantize_model(fp32, tmp_path / "pools.onnx", x, recipe="fused-relu-fp32-pools")
+    g = onnx.load(str(pools)).graph
+    assert [n.op_type for n in g.node].count("AveragePool") == 3
+    pad = next(n for n in g.node if n.op_type == "Pad")
+    made_by = {o: n.op_type for n in g.node for o in n.output}
+    used_by = [n.op_type for n in g.node if pad.output[0] in n.input]
+    # uint8 in, uint8 out: a QuantizeLinear feeds it, the depthwise conv's DequantizeLinear reads it
+    assert made_by[pad.input[0]] == "QuantizeLinear" and used_by == ["DequantizeLinear"]
+    assert np.abs(run(pools) - run(fused)).max() < 1e-5
+    assert relus(pools) == 3
+
+
+def test_pad_on_uint8_drops_only_a_matching_pair_and_is_exact(tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from training.export import pad_on_uint8
+
+    def graph(mode: bytes, out_scale: float):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 4])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])
+        inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+                 numpy_helper.from_array(np.array(out_scale, np.float32), "s2"),
+                 numpy_helper.from_array(np.array(7, np.uint8), "z"),
+                 numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 0, 1, 0], np.int64), "pads")]
+        nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q0"),
+                 helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"], name="dq0"),
+                 helper.make_node("Pad", ["dq", "pads"], ["p"], name="pad", mode=mode),
+                 helper.make_node("QuantizeLinear", ["p", "s2", "z"], ["q2"], name="q1"),
+                 helper.make_node("DequantizeLinear", ["q2", "s2", "z"], ["y"], name="dq1")]
+        m = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+        path = tmp_path / f"{mode.decode()}_{out_scale}.onnx"
+        onnx.save(m, str(path))
+        return path
+
+    x = np.random.default_rng(1).uniform(-0.5, 2.0, (1, 2, 3, 4)).astype(np.float32)
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(  # noqa: E731
+        None, {"x": x})[0]
+    ops = lambda p: [n.op_type for n in onnx.load(str(p)).graph.node]  # noqa: E731
+    src = graph(b"edge", 0.1)
+    out = pad_on_uint8(src, tmp_path / "out.onnx")
+    assert ops(out) == ["QuantizeLinear", "Pad", "DequantizeLinear"]
+    assert np.array_equal(run(out), run(src))
+    # another scale after the Pad, or a constant pad (it adds zeros): the pair stays
+    for kept in (graph(b"edge", 0.2), graph(b"constant", 0.1)):
+        assert ops(pad_on_uint8(kept, tmp_path / "kept.onnx")).count("QuantizeLinear") == 2
+
+
+def test_quantization_sim_rounds_where_the_recipe_s_graph_does():
+    from torch import nn
+
+    from training.config import INT8_RECIPES
+    from training.qat import QuantSim, fold_batchnorm
+
+    model = fold_batchnorm(random_model())
+    x = torch.randn(2, 184, 40)
+    counts = {}
+    for recipe in INT8_RECIPES:
+        sim = QuantSim(model, recipe)
+        counts[recipe] = len(sim.quantizers)
+        with torch.no_grad():
+            model(x)
+        path_hooks = sum(len(m._forward_hooks) for p in model.paths for m in p)
+        bn_hooks = sum(len(m._forward_hooks) for m in model.body if isinstance(m, nn.BatchNorm2d))
+        sim.remove()
+        fused = recipe.startswith("fused-relu")
+        assert (path_hooks == 0) == fused and (bn_hooks == 0) == fused, recipe
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.body)
+    # fused: one rounding fewer per convolution (its output) and none in the three input paths
+    assert counts["input-stage-fp32"] - counts["fused-relu-fp32-pools"] == convs + 2 * 3
+    with pytest.raises(ValueError, match="unknown int8 recipe"):
+        QuantSim(model, "nope")

@@ -7,6 +7,9 @@ from dataclasses import asdict, dataclass, replace
 
 
 INPUT_NORMS = ("none", "cmn")  # LightSERNet's input normalisations
+# int8 graphs (training.export.quantize_model; the first is the default). Named here, torch- and
+# onnx-free, because the int8 fine-tuning (training/qat.py) simulates the chosen graph's roundings
+INT8_RECIPES = ("input-stage-fp32", "fused-relu", "input-convs-fp32", "fused-relu-fp32-pools")
 
 
 def variant_names(text: str) -> tuple[str, ...]:
@@ -47,13 +50,14 @@ class TrainConfig:
     qat_lr: float = 1e-4
     qat_windows: int = 1024           # training windows per fine-tuning epoch
     qat_mismatch: float = 1.0         # weight of the simulated-int8 vs fp32 logit difference
+    int8_recipe: str = INT8_RECIPES[0]  # the int8 graph exported, and simulated by the fine-tuning
     seed: int = 0
     threads: int = 0                  # torch intra-op threads; 0 = torch default
     device: str = "auto"              # auto (cuda when present) | cpu | cuda
 
     def __post_init__(self) -> None:
         choices = {"schedule": ("paper", "onecycle"), "loss": ("ce", "focal"),
-                   "input_norm": INPUT_NORMS}
+                   "input_norm": INPUT_NORMS, "int8_recipe": INT8_RECIPES}
         from training.augment import VARIANTS
 
         unknown = set(self.aug_variant_names) - set(VARIANTS) - {"clean"}

@@ -25,7 +25,7 @@ import numpy as np
 from training import features
 from training.corpora import Utterance
 from training.metrics import confusion, plot_confusion, scores
-from training.config import TrainConfig
+from training.config import INT8_RECIPES, TrainConfig
 from worker.frontend import FrontendConfig
 
 
@@ -88,7 +88,8 @@ def run_fold(job: FoldJob, queue=None) -> dict:
     if job.int8:
         fp32_path = export_onnx(result.model, fold_dir / "model.fp32.onnx", cfg.input_shape)
         out.update(int8_eval(fold_dir, fp32_path, tr, train_ids, test_feats, test_utt,
-                             pooled, job.train_config.seed, p32_torch))
+                             pooled, job.train_config.seed, p32_torch,
+                             recipe=job.train_config.int8_recipe))
         out["channel_int8_probs"] = channel_eval(job.utterances, cfg, fold_dir / "model.int8.onnx",
                                                  test_ids, job.cache_dir)
     out["seconds"] = time.time() - start
@@ -100,8 +101,8 @@ def run_fold(job: FoldJob, queue=None) -> dict:
 
 def int8_eval(fold_dir: Path, fp32_path: Path, tr, train_ids: np.ndarray, test_feats: np.ndarray,
               test_utt: np.ndarray, pooled_fp32: np.ndarray, seed: int,
-              p32_reference: np.ndarray | None = None) -> dict:
-    """Quantize a fold's fp32 ONNX with the shipped recipe (calibration chosen among candidate
+              p32_reference: np.ndarray | None = None, recipe: str = INT8_RECIPES[0]) -> dict:
+    """Quantize a fold's fp32 ONNX with int8 ``recipe`` (calibration chosen among candidate
     sets of clean windows by agreement on augmented windows, all of the fold's training speakers
     only: :func:`training.export.quantize_selected`) and score both on the test speaker."""
     from training.export import agreement, ort_scores, quantize_selected
@@ -111,7 +112,7 @@ def int8_eval(fold_dir: Path, fp32_path: Path, tr, train_ids: np.ndarray, test_f
     int8_path, selection = quantize_selected(
         fp32_path, fold_dir / "model.int8.onnx", tr.features,
         np.flatnonzero(train_rows & (tr.variant == 0)), np.flatnonzero(train_rows & (tr.variant != 0)),
-        seed=seed)
+        seed=seed, recipe=recipe)
     p32 = ort_scores(fp32_path, test_feats)
     p8 = ort_scores(int8_path, test_feats)
     _, pooled8 = pool_by_utterance(p8, test_utt)
@@ -186,7 +187,8 @@ def requantize(utterances: list[Utterance], frontend: FrontendConfig, out_dir: P
         if not fp32_path.is_file():
             continue
         r.update(int8_eval(fold_dir, fp32_path, tr, train_ids, ev.features[rows].astype(np.float32),
-                           ev.utt[rows], np.asarray(r["fp32_probs"]), seed))
+                           ev.utt[rows], np.asarray(r["fp32_probs"]), seed,
+                           recipe=train_config.int8_recipe if train_config else INT8_RECIPES[0]))
         r["channel_int8_probs"] = channel_eval(utterances, frontend, fold_dir / "model.int8.onnx",
                                                test_ids, cache_dir)
         r["int8_recipe"] = "quantize_selected"

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.config import INT8_RECIPES
+
 from training.model import Probabilities
 
 INPUT_NAME = "features"
@@ -80,7 +82,8 @@ class _Calibration:
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray,
                   method: str = "minmax", op_types: tuple[str, ...] = ("Conv", "Gemm", "MatMul"),
                   nodes_to_exclude: list[str] | None = None, input_name: str = INPUT_NAME,
-                  pools_as_depthwise: bool = False, edge_pad: bool = False) -> Path:
+                  pools_as_depthwise: bool = False, edge_pad: bool = False,
+                  keep_pools=()) -> Path:
     """Static QDQ int8 of Conv/Gemm, calibrated on ``calibration`` windows (N, T, F).
 
     ``op_types``/``nodes_to_exclude``/``input_name`` let other graphs (the fused waveform model,
@@ -90,6 +93,7 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.
     the identical depthwise convolution (:func:`pools_to_depthwise`). With
     ``op_types=FAST_OP_TYPES`` that graph runs about 1.7x faster than the default at batch 1 on
     one AVX2 core (bench/README.md); off by default so the default export is unchanged.
+    ``keep_pools``: names of poolings left as they are (those the recipe keeps in fp32).
     """
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -99,7 +103,8 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.
     with tempfile.TemporaryDirectory() as tmp:
         prepped = Path(tmp) / "prepped.onnx"
         if pools_as_depthwise:
-            fp32_path = pools_to_depthwise(fp32_path, Path(tmp) / "dwpool.onnx", edge_pad=edge_pad)
+            fp32_path = pools_to_depthwise(fp32_path, Path(tmp) / "dwpool.onnx", edge_pad=edge_pad,
+                                           keep=keep_pools)
         quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
         quantize_static(
             str(prepped), str(int8_path), _Calibration(calibration, input_name=input_name),
@@ -153,13 +158,26 @@ def input_stage_names(onnx_path: str | Path) -> list[str]:
     return convs + rest
 
 
-# recipe -> (op types quantized, nodes left fp32, ceil-mode pool as edge Pad + depthwise conv)
+# recipe -> (op types quantized, nodes left fp32, ceil-mode pool as edge Pad + depthwise conv,
+#            the fp32 input stage's poolings kept as AveragePool, the edge Pad on uint8)
 _RECIPES = {
-    "input-stage-fp32": (("Conv", "Gemm", "MatMul", "Pad"), input_stage_names, True),
-    "fused-relu": (("Conv", "Gemm", "MatMul", "Pad", "Relu"), input_stage_names, True),
-    "input-convs-fp32": (("Conv", "Gemm", "MatMul"), input_conv_names, False),
+    "input-stage-fp32": (("Conv", "Gemm", "MatMul", "Pad"), input_stage_names, True, False, False),
+    "fused-relu": (("Conv", "Gemm", "MatMul", "Pad", "Relu"), input_stage_names, True, False, False),
+    "input-convs-fp32": (("Conv", "Gemm", "MatMul"), input_conv_names, False, False, False),
+    "fused-relu-fp32-pools": (("Conv", "Gemm", "MatMul", "Pad", "Relu"), input_stage_names, True,
+                              True, True),
 }
-INT8_RECIPES = tuple(_RECIPES)
+assert tuple(_RECIPES) == INT8_RECIPES, "training.config.INT8_RECIPES names these recipes"
+# one line per recipe for the artifact's manifest
+RECIPE_SUMMARIES = {
+    "input-stage-fp32": "exact average pools as depthwise convs, BN folded, input convs kept fp32",
+    "fused-relu": "exact average pools as depthwise convs, BN folded, input stage kept fp32, "
+                  "each ReLU rounded with its convolution",
+    "input-convs-fp32": "exact average pools as depthwise convs, BN folded, input convs kept fp32",
+    "fused-relu-fp32-pools": "BN folded, input stage (convs and average pools) kept fp32, the "
+                             "other average pools as exact depthwise convs, each ReLU rounded "
+                             "with its convolution, the edge pad on uint8",
+}
 
 
 def quantize_model(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray,
@@ -172,14 +190,70 @@ def quantize_model(fp32_path: str | Path, int8_path: str | Path, calibration: np
     pooling kernel and no dequantize/quantize round trip left around one.
     ``fused-relu``: the same, and each ReLU is quantized with the convolution before it (its
     range becomes the convolution's output range: one rounding, no dequantize/quantize pair).
-    ``input-convs-fp32`` (the previous recipe): only the three input convolutions stay fp32."""
+    ``input-convs-fp32`` (the previous recipe): only the three input convolutions stay fp32.
+    ``fused-relu-fp32-pools``: ``fused-relu`` with two exact changes to the graph's plumbing:
+    the fp32 input stage's poolings stay ``AveragePool`` (onnxruntime's blocked-layout pooling;
+    as depthwise convolutions they only paid off in int8) and the edge ``Pad`` works on the
+    uint8 tensor (:func:`pad_on_uint8`; it repeats values, so the dequantize/quantize pair
+    around it, with one scale, changed nothing). Its int8 fine-tuning simulates exactly its
+    roundings (:class:`training.qat.QuantSim`)."""
     if recipe not in _RECIPES:
         raise ValueError(f"unknown int8 recipe {recipe!r}; choose from {', '.join(INT8_RECIPES)}")
-    op_types, fp32_nodes, edge_pad = _RECIPES[recipe]
+    op_types, fp32_nodes, edge_pad, fp32_pools, uint8_pad = _RECIPES[recipe]
+    excluded = fp32_nodes(fp32_path)
     quantize_int8(fp32_path, int8_path, calibration, op_types=op_types,
-                  nodes_to_exclude=fp32_nodes(fp32_path), pools_as_depthwise=True,
-                  edge_pad=edge_pad)
+                  nodes_to_exclude=excluded, pools_as_depthwise=True, edge_pad=edge_pad,
+                  keep_pools=excluded if fp32_pools else ())
+    if uint8_pad:
+        pad_on_uint8(int8_path, int8_path)
     return compact_names(int8_path)
+
+
+def pad_on_uint8(src: str | Path, dst: str | Path) -> Path:
+    """Let each ``Pad`` between a ``DequantizeLinear`` and a ``QuantizeLinear`` of the same scale
+    and zero point pad the uint8 tensor itself. Exact for a ``Pad`` that only repeats or
+    reflects values (modes edge / reflect): every output value is an input value, which the
+    pair rounds back to itself. Other pads are left alone."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    drop, rename = set(), {}
+    for n in graph.node:
+        mode = {a.name: helper.get_attribute_value(a) for a in n.attribute}.get("mode", b"constant")
+        if n.op_type != "Pad" or mode not in (b"edge", b"reflect"):
+            continue
+        dq, after = producer.get(n.input[0]), consumers.get(n.output[0], [])
+        if (dq is None or dq.op_type != "DequantizeLinear" or len(after) != 1
+                or after[0].op_type != "QuantizeLinear" or n.output[0] in {o.name for o in graph.output}):
+            continue
+        q = after[0]
+        same = all(a in init and b in init and np.array_equal(init[a], init[b])
+                   for a, b in zip(dq.input[1:3], q.input[1:3]))
+        if not same or len(dq.input) < 3 or len(q.input) < 3:
+            continue
+        n.input[0] = dq.input[0]
+        rename[q.output[0]] = n.output[0]
+        drop.add(q.name)
+        if len(consumers[dq.output[0]]) == 1:
+            drop.add(dq.name)
+    kept = [n for n in graph.node if n.name not in drop]
+    for n in kept:
+        for k, name in enumerate(n.input):
+            n.input[k] = rename.get(name, name)
+    del graph.node[:]
+    graph.node.extend(kept)
+    del graph.value_info[:]  # the padded tensor is uint8 now
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+    return Path(dst)
 
 
 def quantize_selected(fp32_path: str | Path, int8_path: str | Path, windows: np.ndarray,
@@ -249,7 +323,8 @@ def compact_names(path: str | Path) -> Path:
 FAST_OP_TYPES = ("Conv", "Gemm", "MatMul", "AveragePool", "Relu", "Concat")
 
 
-def pools_to_depthwise(src: str | Path, dst: str | Path, edge_pad: bool = False) -> Path:
+def pools_to_depthwise(src: str | Path, dst: str | Path, edge_pad: bool = False,
+                       keep=()) -> Path:
     """Replace each average pooling that tiles its input exactly by the equivalent depthwise
     convolution (kernel = stride = pool size, every weight 1/(kh*kw), no bias).
 
@@ -259,7 +334,7 @@ def pools_to_depthwise(src: str | Path, dst: str | Path, edge_pad: bool = False)
     or with ``edge_pad`` becomes the same convolution after repeating the last row (``Pad``
     mode edge), which is exact too: that last window averages its one valid row.
     onnxruntime then runs NHWC depthwise QLinearConv kernels instead of its slow
-    (QLinear)AveragePool.
+    (QLinear)AveragePool. Poolings named in ``keep`` stay as they are.
     """
     import onnx
     from onnx import helper, numpy_helper, shape_inference
@@ -269,7 +344,7 @@ def pools_to_depthwise(src: str | Path, dst: str | Path, edge_pad: bool = False)
               for vi in list(model.graph.value_info) + list(model.graph.input)}
     out = []
     for n in model.graph.node:
-        if n.op_type != "AveragePool":
+        if n.op_type != "AveragePool" or n.name in set(keep):
             out.append(n)
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}

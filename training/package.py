@@ -12,7 +12,8 @@ import numpy as np
 
 from training import checkpoint, features
 from training.corpora import Utterance
-from training.export import agreement, export_onnx, ort_scores, quantize_selected
+from training.config import INT8_RECIPES
+from training.export import RECIPE_SUMMARIES, agreement, export_onnx, ort_scores, quantize_selected
 from training.model import count_mflops, count_parameters
 from worker.artifact import REPO_ROOT, write_manifest
 from worker.frontend import FrontendConfig
@@ -57,10 +58,11 @@ def build_artifact(ckpt_path: Path, utterances: list[Utterance], out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     export_onnx(model, out_dir / FP32, cfg.input_shape)
     tr = features.build(utterances, cfg, "train", progress=False)
+    recipe = blob["train_config"].get("int8_recipe", INT8_RECIPES[0])
     _, selection = quantize_selected(out_dir / FP32, out_dir / INT8, tr.features,
                                      np.flatnonzero(tr.variant == 0), np.flatnonzero(tr.variant != 0),
                                      seed=blob["train_config"].get("seed", 0),
-                                     calib_windows=calib_windows)
+                                     calib_windows=calib_windows, recipe=recipe)
     ev = features.build(utterances, cfg, "eval", progress=False)
     p32 = ort_scores(out_dir / FP32, ev.features)
     p8 = ort_scores(out_dir / INT8, ev.features)
@@ -93,8 +95,8 @@ def build_artifact(ckpt_path: Path, utterances: list[Utterance], out_dir: Path,
                   "parameters": count_parameters(model),
                   "mflops_per_window": round(count_mflops(model, cfg.input_shape), 1)},
         "quantization": {"format": "QDQ static", "ops": ["Conv", "Gemm"],
-                         "recipe": "training.export.quantize_selected: exact average pools as depthwise "
-                                   "convs, BN folded, input convs kept fp32",
+                         "int8_recipe": recipe,
+                         "recipe": f"training.export.quantize_selected: {RECIPE_SUMMARIES[recipe]}",
                          "weights": "int8 per-channel symmetric",
                          "activations": "uint8 asymmetric, MinMax",
                          "calibration_windows": selection["calibration_windows"],

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from training.config import TrainConfig
+from training.config import INT8_RECIPES, TrainConfig
 from training.features import FeatureSet
 from training.model import LightSERNet
 
@@ -98,9 +98,20 @@ class ActivationUint8(nn.Module):
 
 
 class QuantSim:
-    """Hooks that make a BN-folded :class:`LightSERNet` compute like its onnxruntime int8 graph."""
+    """Hooks that make a BN-folded :class:`LightSERNet` compute like its onnxruntime int8 graph
+    (``recipe``: :data:`training.config.INT8_RECIPES`).
 
-    def __init__(self, model: LightSERNet) -> None:
+    ``input-stage-fp32`` and ``input-convs-fp32`` round every convolution's output, each ReLU's
+    and each pooling's, the input paths' ReLU and pooling outputs included (for
+    ``input-stage-fp32`` a little more rounding than its graph has, which keeps its shipped
+    fine-tuning reproducible). The fused-ReLU recipes round exactly where their graph does: the
+    input paths stay fp32 up to the concatenation, and a convolution followed by a ReLU is
+    rounded once, at the ReLU's output."""
+
+    def __init__(self, model: LightSERNet, recipe: str = INT8_RECIPES[0]) -> None:
+        if recipe not in INT8_RECIPES:
+            raise ValueError(f"unknown int8 recipe {recipe!r}; choose from {', '.join(INT8_RECIPES)}")
+        fused = recipe.startswith("fused-relu")
         self.model = model
         self.quantizers: list[ActivationUint8] = []
         self.handles = []
@@ -114,14 +125,18 @@ class QuantSim:
             q = self._new()
             self.handles.append(module.register_forward_pre_hook(lambda _m, args: (q(args[0]),)))
 
-        for path in model.paths:  # input conv + BN + ReLU stay fp32; the pooled output is int8
+        for path in model.paths if not fused else ():  # input conv + BN + ReLU stay fp32
             relu, pooling = path[2], path[3]
             after(relu)
             after(pooling)
-        for layer in model.body:
+        body = list(model.body)
+        for i, layer in enumerate(body):
             if isinstance(layer, nn.Conv2d):
                 before(layer)  # the concatenation (first conv), else already quantized
                 self._weights(layer)
+            elif isinstance(layer, nn.BatchNorm2d) and fused and i + 1 < len(body) \
+                    and isinstance(body[i + 1], nn.ReLU):
+                continue  # the convolution's output is rounded after its ReLU only
             elif isinstance(layer, (nn.BatchNorm2d, nn.ReLU, nn.AvgPool2d)):
                 after(layer)  # conv output (with its folded bias), activation, pooling
         before(model.classifier)  # global average pooling's output
@@ -160,7 +175,7 @@ def _kl(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def agreement_finetune(model: LightSERNet, features: np.ndarray, epochs: int = 4,
                        lr: float = 3e-5, batch_size: int = 64, windows_per_epoch: int = 4096,
-                       seed: int = 0, mismatch: float = 1.0,
+                       seed: int = 0, mismatch: float = 1.0, recipe: str = INT8_RECIPES[0],
                        on_epoch: Callable[[int, dict], None] | None = None) -> LightSERNet:
     """Fine-tune ``model`` (unchanged) on ``features`` (N, T, F) training windows; returns the
     BN-folded copy whose int8 twin agrees with it (module docstring)."""
@@ -168,7 +183,7 @@ def agreement_finetune(model: LightSERNet, features: np.ndarray, epochs: int = 4
     rng = np.random.default_rng(seed)
     teacher = copy.deepcopy(model).eval()
     student = fold_batchnorm(model)
-    sim = QuantSim(student)
+    sim = QuantSim(student, recipe)
     student.eval()  # no dropout, fixed BN; gradients still flow
     with torch.no_grad():  # ranges from a first pass, like calibration
         for i in range(0, min(len(features), 512), batch_size):
@@ -211,12 +226,13 @@ def finetune_for_int8(model: LightSERNet, data: FeatureSet, utt_ids: np.ndarray,
     rows = np.flatnonzero(np.isin(data.utt, utt_ids))
     return agreement_finetune(model, data.features[rows], epochs=cfg.qat_epochs, lr=cfg.qat_lr,
                               windows_per_epoch=cfg.qat_windows, seed=cfg.seed,
-                              mismatch=cfg.qat_mismatch, on_epoch=on_epoch)
+                              mismatch=cfg.qat_mismatch, recipe=cfg.int8_recipe, on_epoch=on_epoch)
 
 
 def qat_settings(cfg: TrainConfig) -> dict:
-    """The ``qat_*`` fields of ``cfg`` (recorded with every fine-tuned model)."""
-    return {k: v for k, v in cfg.to_dict().items() if k.startswith("qat_")}
+    """The ``qat_*`` fields of ``cfg`` and the int8 recipe simulated (recorded with every
+    fine-tuned model)."""
+    return {k: v for k, v in cfg.to_dict().items() if k.startswith("qat_") or k == "int8_recipe"}
 
 
 def finetune_checkpoint(src: Path, dst: Path, data: FeatureSet, utt_ids: np.ndarray,
