@@ -100,7 +100,7 @@ PRESETS: dict[str, TrainConfig] = {
     "robust": TrainConfig(epochs=120, lr=2e-3, schedule="onecycle", weight_decay=1e-6,
                           label_smoothing=0.1, class_balanced=True, mixup_alpha=0.2,
                           time_masks=2, freq_masks=2, augment=True, random_crop=True,
-                          ema_decay=0.99, qat_epochs=6),
+                          ema_decay=0.99, qat_epochs=6, int8_recipe="fused-relu-fp32-pools"),
 }
 
 
