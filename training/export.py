@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 
 from training.config import INT8_RECIPES
-
 from training.model import Probabilities
 
 INPUT_NAME = "features"
@@ -158,14 +158,20 @@ def input_stage_names(onnx_path: str | Path) -> list[str]:
     return convs + rest
 
 
-# recipe -> (op types quantized, nodes left fp32, ceil-mode pool as edge Pad + depthwise conv,
-#            the fp32 input stage's poolings kept as AveragePool, the edge Pad on uint8)
+class _Recipe(NamedTuple):
+    op_types: tuple[str, ...]   # op types quantized
+    fp32_nodes: Callable        # fp32 ONNX path -> names of the nodes left fp32
+    edge_pad: bool              # the ceil-mode pool as an edge Pad + depthwise conv
+    fp32_pools: bool            # the fp32 input stage's poolings stay AveragePool
+    uint8_pad: bool             # the edge Pad works on the uint8 tensor (pad_on_uint8)
+
+
+_FUSED = ("Conv", "Gemm", "MatMul", "Pad", "Relu")
 _RECIPES = {
-    "input-stage-fp32": (("Conv", "Gemm", "MatMul", "Pad"), input_stage_names, True, False, False),
-    "fused-relu": (("Conv", "Gemm", "MatMul", "Pad", "Relu"), input_stage_names, True, False, False),
-    "input-convs-fp32": (("Conv", "Gemm", "MatMul"), input_conv_names, False, False, False),
-    "fused-relu-fp32-pools": (("Conv", "Gemm", "MatMul", "Pad", "Relu"), input_stage_names, True,
-                              True, True),
+    "input-stage-fp32": _Recipe(("Conv", "Gemm", "MatMul", "Pad"), input_stage_names, True, False, False),
+    "fused-relu": _Recipe(_FUSED, input_stage_names, True, False, False),
+    "input-convs-fp32": _Recipe(("Conv", "Gemm", "MatMul"), input_conv_names, False, False, False),
+    "fused-relu-fp32-pools": _Recipe(_FUSED, input_stage_names, True, True, True),
 }
 assert tuple(_RECIPES) == INT8_RECIPES, "training.config.INT8_RECIPES names these recipes"
 # one line per recipe for the artifact's manifest
@@ -199,12 +205,12 @@ def quantize_model(fp32_path: str | Path, int8_path: str | Path, calibration: np
     roundings (:class:`training.qat.QuantSim`)."""
     if recipe not in _RECIPES:
         raise ValueError(f"unknown int8 recipe {recipe!r}; choose from {', '.join(INT8_RECIPES)}")
-    op_types, fp32_nodes, edge_pad, fp32_pools, uint8_pad = _RECIPES[recipe]
-    excluded = fp32_nodes(fp32_path)
-    quantize_int8(fp32_path, int8_path, calibration, op_types=op_types,
-                  nodes_to_exclude=excluded, pools_as_depthwise=True, edge_pad=edge_pad,
-                  keep_pools=excluded if fp32_pools else ())
-    if uint8_pad:
+    r = _RECIPES[recipe]
+    excluded = r.fp32_nodes(fp32_path)
+    quantize_int8(fp32_path, int8_path, calibration, op_types=r.op_types,
+                  nodes_to_exclude=excluded, pools_as_depthwise=True, edge_pad=r.edge_pad,
+                  keep_pools=excluded if r.fp32_pools else ())
+    if r.uint8_pad:
         pad_on_uint8(int8_path, int8_path)
     return compact_names(int8_path)
 
@@ -235,10 +241,10 @@ def pad_on_uint8(src: str | Path, dst: str | Path) -> Path:
                 or after[0].op_type != "QuantizeLinear" or n.output[0] in {o.name for o in graph.output}):
             continue
         q = after[0]
-        same = all(a in init and b in init and np.array_equal(init[a], init[b])
-                   for a, b in zip(dq.input[1:3], q.input[1:3]))
-        if not same or len(dq.input) < 3 or len(q.input) < 3:
-            continue
+        if len(dq.input) < 3 or len(q.input) < 3 or not all(
+                a in init and b in init and np.array_equal(init[a], init[b])
+                for a, b in zip(dq.input[1:3], q.input[1:3])):
+            continue  # another scale or zero point after the Pad (or none given)
         n.input[0] = dq.input[0]
         rename[q.output[0]] = n.output[0]
         drop.add(q.name)
