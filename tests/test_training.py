@@ -299,9 +299,15 @@ def test_fp32_only_cv_is_scored_in_int8_afterwards(emodb_root, tmp_path):
     result = json.loads((fold / "result.json").read_text())
     assert result["qat"]["qat_epochs"] == 6 and result["qat"]["qat_windows"] == 32
     assert set(third["metrics"]["int8"]) >= {"ua", "wa", "f1"}
+    assert result["qat"]["int8_recipe"] == "fused-relu-fp32-pools"  # the robust preset's
     tuned = (fold / "model.pt").read_bytes()
-    sernet(*args, "--requantize")  # already fine-tuned: only re-quantized
-    assert (fold / "model.pt").read_bytes() == tuned
+    quiet = sernet(*args, "--requantize")  # already fine-tuned: only re-quantized
+    assert (fold / "model.pt").read_bytes() == tuned and "warning" not in quiet.stderr
+    # quantized with another recipe than it was fine-tuned for: said, not silently done
+    other = sernet(*args, "--requantize", "--int8-recipe", "input-stage-fp32")
+    assert "warning: folds 10 were fine-tuned for int8 recipe 'fused-relu-fp32-pools'" in other.stderr
+    result = json.loads((fold / "result.json").read_text())
+    assert result["int8_calibration"]["recipe"] == "input-stage-fp32"
 
 
 def test_cv_rejects_unknown_speaker(emodb_root, tmp_path):

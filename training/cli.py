@@ -125,9 +125,12 @@ def cv(corpus, data, iemocap_subset, window_s, input_type, preset, out, speakers
     tcfg = make_train_config(preset, kw)
     chosen = speakers.split(",") if speakers else None
     if requantize:
+        notes: list[str] = []
         redone = redo_int8(utts, cfg, out, progress=sys.stderr.isatty(), train_config=tcfg,
-                           speakers=chosen)
+                           speakers=chosen, notes=notes)
         click.echo(f"re-quantized folds: {', '.join(redone) or 'none'}", err=True)
+        for note in notes:
+            click.echo(f"warning: {note}", err=True)
     try:
         report = run_cv(utts, labels, cfg, tcfg, out, speakers=chosen, jobs=jobs, int8=int8,
                         progress=sys.stderr.isatty())

@@ -149,7 +149,7 @@ def channel_eval(utterances: list[Utterance], cfg: FrontendConfig, onnx_path: Pa
 def requantize(utterances: list[Utterance], frontend: FrontendConfig, out_dir: Path,
                progress: bool = True, cache_dir: Path | None = features.DEFAULT_CACHE,
                train_config: TrainConfig | None = None,
-               speakers: list[str] | None = None) -> list[str]:
+               speakers: list[str] | None = None, notes: list[str] | None = None) -> list[str]:
     """Re-run the int8 step of every finished fold with the current recipe.
 
     Post-training quantization is redone, calibrated on each fold's training speakers as
@@ -158,8 +158,13 @@ def requantize(utterances: list[Utterance], frontend: FrontendConfig, out_dir: P
     With ``train_config.qat_epochs`` a fold not yet fine-tuned for int8 is fine-tuned first
     (:func:`training.qat.finetune_for_int8`, on its training speakers; the checkpoint before it
     is kept as ``model.pre_qat.pt``) and its fp32 scores are redone; otherwise the fp32 fold
-    models are untouched. ``speakers``: only these folds. Returns the speakers redone.
+    models are untouched. ``speakers``: only these folds. Returns the speakers redone; a fold
+    fine-tuned for another int8 recipe than the one it is now quantized with is named in
+    ``notes`` (its fine-tuning simulated other roundings; docs/training.md: the fused-relu
+    graph failed the agreement gate that way).
     """
+    recipe = train_config.int8_recipe if train_config else INT8_RECIPES[0]
+    other_recipe: dict[str, list[str]] = {}
     tr = features.build(utterances, frontend, "train", cache_dir=cache_dir, progress=progress)
     ev = features.build(utterances, frontend, "eval", cache_dir=cache_dir, progress=progress)
     spk = np.array([u.speaker for u in utterances])
@@ -186,14 +191,22 @@ def requantize(utterances: list[Utterance], frontend: FrontendConfig, out_dir: P
             export_onnx(model.eval(), fp32_path, frontend.input_shape)
         if not fp32_path.is_file():
             continue
+        tuned_for = r["qat"].get("int8_recipe", INT8_RECIPES[0]) if "qat" in r else recipe
+        if tuned_for != recipe:
+            other_recipe.setdefault(tuned_for, []).append(r["speaker"])
         r.update(int8_eval(fold_dir, fp32_path, tr, train_ids, ev.features[rows].astype(np.float32),
-                           ev.utt[rows], np.asarray(r["fp32_probs"]), seed,
-                           recipe=train_config.int8_recipe if train_config else INT8_RECIPES[0]))
+                           ev.utt[rows], np.asarray(r["fp32_probs"]), seed, recipe=recipe))
         r["channel_int8_probs"] = channel_eval(utterances, frontend, fold_dir / "model.int8.onnx",
                                                test_ids, cache_dir)
         r["int8_recipe"] = "quantize_selected"
         result_path.write_text(json.dumps(r))
         done.append(r["speaker"])
+    for tuned_for, spk_ in other_recipe.items():
+        if notes is not None:
+            notes.append(f"folds {', '.join(spk_)} were fine-tuned for int8 recipe {tuned_for!r} "
+                         f"but are now quantized with {recipe!r}: their int8 agreement may drop "
+                         "(to fine-tune them for it, restore model.pt from model.pre_qat.pt and drop "
+                         "\"qat\" from result.json, then --requantize again)")
     return done
 
 
