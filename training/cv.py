@@ -201,12 +201,12 @@ def requantize(utterances: list[Utterance], frontend: FrontendConfig, out_dir: P
         r["int8_recipe"] = "quantize_selected"
         result_path.write_text(json.dumps(r))
         done.append(r["speaker"])
-    for tuned_for, spk_ in other_recipe.items():
-        if notes is not None:
-            notes.append(f"folds {', '.join(spk_)} were fine-tuned for int8 recipe {tuned_for!r} "
-                         f"but are now quantized with {recipe!r}: their int8 agreement may drop "
-                         "(to fine-tune them for it, restore model.pt from model.pre_qat.pt and drop "
-                         "\"qat\" from result.json, then --requantize again)")
+    if notes is not None:
+        notes += [f"folds {', '.join(names)} were fine-tuned for int8 recipe {tuned_for!r} but are "
+                  f"now quantized with {recipe!r}: their int8 agreement may drop (to fine-tune "
+                  "them for it, restore model.pt from model.pre_qat.pt and drop \"qat\" from "
+                  "result.json, then --requantize again)"
+                  for tuned_for, names in other_recipe.items()]
     return done
 
 

@@ -158,32 +158,44 @@ def input_stage_names(onnx_path: str | Path) -> list[str]:
     return convs + rest
 
 
-class _Recipe(NamedTuple):
-    op_types: tuple[str, ...]   # op types quantized
+class Recipe(NamedTuple):
+    op_types: tuple[str, ...]   # op types quantized ("Relu": each ReLU with its convolution)
     fp32_nodes: Callable        # fp32 ONNX path -> names of the nodes left fp32
     edge_pad: bool              # the ceil-mode pool as an edge Pad + depthwise conv
     fp32_pools: bool            # the fp32 input stage's poolings stay AveragePool
     uint8_pad: bool             # the edge Pad works on the uint8 tensor (pad_on_uint8)
+    summary: str                # one line for the artifact's manifest
+
+    @property
+    def fused_relu(self) -> bool:
+        return "Relu" in self.op_types
 
 
 _FUSED = ("Conv", "Gemm", "MatMul", "Pad", "Relu")
 _RECIPES = {
-    "input-stage-fp32": _Recipe(("Conv", "Gemm", "MatMul", "Pad"), input_stage_names, True, False, False),
-    "fused-relu": _Recipe(_FUSED, input_stage_names, True, False, False),
-    "input-convs-fp32": _Recipe(("Conv", "Gemm", "MatMul"), input_conv_names, False, False, False),
-    "fused-relu-fp32-pools": _Recipe(_FUSED, input_stage_names, True, True, True),
+    "input-stage-fp32": Recipe(
+        ("Conv", "Gemm", "MatMul", "Pad"), input_stage_names, True, False, False,
+        "exact average pools as depthwise convs, BN folded, input convs kept fp32"),
+    "fused-relu": Recipe(
+        _FUSED, input_stage_names, True, False, False,
+        "exact average pools as depthwise convs, BN folded, input stage kept fp32, each ReLU "
+        "rounded with its convolution"),
+    "input-convs-fp32": Recipe(
+        ("Conv", "Gemm", "MatMul"), input_conv_names, False, False, False,
+        "exact average pools as depthwise convs, BN folded, input convs kept fp32"),
+    "fused-relu-fp32-pools": Recipe(
+        _FUSED, input_stage_names, True, True, True,
+        "BN folded, input stage (convs and average pools) kept fp32, the other average pools as "
+        "exact depthwise convs, each ReLU rounded with its convolution, the edge pad on uint8"),
 }
 assert tuple(_RECIPES) == INT8_RECIPES, "training.config.INT8_RECIPES names these recipes"
-# one line per recipe for the artifact's manifest
-RECIPE_SUMMARIES = {
-    "input-stage-fp32": "exact average pools as depthwise convs, BN folded, input convs kept fp32",
-    "fused-relu": "exact average pools as depthwise convs, BN folded, input stage kept fp32, "
-                  "each ReLU rounded with its convolution",
-    "input-convs-fp32": "exact average pools as depthwise convs, BN folded, input convs kept fp32",
-    "fused-relu-fp32-pools": "BN folded, input stage (convs and average pools) kept fp32, the "
-                             "other average pools as exact depthwise convs, each ReLU rounded "
-                             "with its convolution, the edge pad on uint8",
-}
+
+
+def int8_recipe(name: str) -> Recipe:
+    """The int8 recipe ``name`` (:data:`training.config.INT8_RECIPES`); a clear error otherwise."""
+    if name not in _RECIPES:
+        raise ValueError(f"unknown int8 recipe {name!r}; choose from {', '.join(INT8_RECIPES)}")
+    return _RECIPES[name]
 
 
 def quantize_model(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray,
@@ -203,9 +215,7 @@ def quantize_model(fp32_path: str | Path, int8_path: str | Path, calibration: np
     uint8 tensor (:func:`pad_on_uint8`; it repeats values, so the dequantize/quantize pair
     around it, with one scale, changed nothing). Its int8 fine-tuning simulates exactly its
     roundings (:class:`training.qat.QuantSim`)."""
-    if recipe not in _RECIPES:
-        raise ValueError(f"unknown int8 recipe {recipe!r}; choose from {', '.join(INT8_RECIPES)}")
-    r = _RECIPES[recipe]
+    r = int8_recipe(recipe)
     excluded = r.fp32_nodes(fp32_path)
     quantize_int8(fp32_path, int8_path, calibration, op_types=r.op_types,
                   nodes_to_exclude=excluded, pools_as_depthwise=True, edge_pad=r.edge_pad,
@@ -346,6 +356,7 @@ def pools_to_depthwise(src: str | Path, dst: str | Path, edge_pad: bool = False,
     import onnx
     from onnx import helper, numpy_helper, shape_inference
 
+    keep = set(keep)
     model = shape_inference.infer_shapes(onnx.load(str(src)))
     shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
               for vi in list(model.graph.value_info) + list(model.graph.input)}
@@ -363,7 +374,7 @@ def pools_to_depthwise(src: str | Path, dst: str | Path, edge_pad: bool = False,
         # ceil_mode with one row/column overhanging (no explicit pads): that window averages
         # its valid elements only, which is what repeating the edge row/column gives
         extra = [(-shape[2]) % kh, (-shape[3]) % kw] if tiles else [0, 0]
-        if n.name in set(keep):
+        if n.name in keep:
             if tiles and not any(extra):  # the same pooling without ceil_mode / count_include_pad,
                 # which keep onnxruntime off its blocked-layout kernel (~25x slower, measured)
                 n = helper.make_node("AveragePool", list(n.input), list(n.output), name=n.name,

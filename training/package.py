@@ -13,7 +13,7 @@ import numpy as np
 from training import checkpoint, features
 from training.corpora import Utterance
 from training.config import INT8_RECIPES
-from training.export import RECIPE_SUMMARIES, agreement, export_onnx, ort_scores, quantize_selected
+from training.export import agreement, export_onnx, int8_recipe, ort_scores, quantize_selected
 from training.model import count_mflops, count_parameters
 from worker.artifact import REPO_ROOT, write_manifest
 from worker.frontend import FrontendConfig
@@ -96,7 +96,7 @@ def build_artifact(ckpt_path: Path, utterances: list[Utterance], out_dir: Path,
                   "mflops_per_window": round(count_mflops(model, cfg.input_shape), 1)},
         "quantization": {"format": "QDQ static", "ops": ["Conv", "Gemm"],
                          "int8_recipe": recipe,
-                         "recipe": f"training.export.quantize_selected: {RECIPE_SUMMARIES[recipe]}",
+                         "recipe": f"training.export.quantize_selected: {int8_recipe(recipe).summary}",
                          "weights": "int8 per-channel symmetric",
                          "activations": "uint8 asymmetric, MinMax",
                          "calibration_windows": selection["calibration_windows"],

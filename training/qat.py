@@ -36,6 +36,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from training.config import INT8_RECIPES, TrainConfig
+from training.export import int8_recipe
 from training.features import FeatureSet
 from training.model import LightSERNet
 
@@ -109,9 +110,7 @@ class QuantSim:
     rounded once, at the ReLU's output."""
 
     def __init__(self, model: LightSERNet, recipe: str = INT8_RECIPES[0]) -> None:
-        if recipe not in INT8_RECIPES:
-            raise ValueError(f"unknown int8 recipe {recipe!r}; choose from {', '.join(INT8_RECIPES)}")
-        fused = recipe.startswith("fused-relu")
+        fused = int8_recipe(recipe).fused_relu
         self.model = model
         self.quantizers: list[ActivationUint8] = []
         self.handles = []
