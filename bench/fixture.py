@@ -2,7 +2,7 @@
 
 Latency barely depends on the weights, so a random Light-SERNet exported and quantized exactly
 like the real artifact (``training/export.py``) times the same graph. Built once, cached under
-``.cache/bench-artifact-v1``. Needs the training extra (torch, onnx).
+``.cache/bench-artifact-v2``. Needs the training extra (torch, onnx).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from worker.frontend import FrontendConfig
 
 LABELS = ["anger", "boredom", "disgust", "fear", "happiness", "neutral", "sadness"]
 REPO = Path(__file__).resolve().parent.parent
-CACHE = REPO / ".cache" / "bench-artifact-v1"
+CACHE = REPO / ".cache" / "bench-artifact-v2"
 CHECKPOINT = "light-sernet.random.pt"
 
 

@@ -428,6 +428,44 @@ def test_qat_settings_are_validated():
     assert preset("robust", int8_recipe="fused-relu-fp32-pools").int8_recipe == "fused-relu-fp32-pools"
 
 
+def test_export_writes_tiling_poolings_plain(tmp_path):
+    """torch exports every pooling with ``ceil_mode``, which keeps onnxruntime off its fast
+    pooling kernel; those whose windows tile the input are written plain (same scores, bit for
+    bit), the one that overhangs the edge (23 -> 12 rows) keeps it; so does the shipped fp32."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import helper
+
+    from training.export import export_onnx, plain_pools
+
+    model = random_model(2)
+    fp32 = export_onnx(model, tmp_path / "m.onnx", (184, 40))
+    attrs = lambda p: [{a.name: helper.get_attribute_value(a) for a in n.attribute}  # noqa: E731
+                       for n in onnx.load(str(p)).graph.node if n.op_type == "AveragePool"]
+    pools = attrs(fp32)
+    assert len(pools) == 7 and sum(a.get("ceil_mode", 0) for a in pools) == 1
+    assert sum(set(a) == {"kernel_shape", "strides"} for a in pools) == 6
+    # the exporter's own graph (every pooling with ceil_mode) scores the same, bit for bit
+    g = onnx.load(str(fp32))
+    for n in g.graph.node:
+        if n.op_type == "AveragePool" and not any(a.name == "ceil_mode" for a in n.attribute):
+            n.attribute.extend([helper.make_attribute("ceil_mode", 1),
+                                helper.make_attribute("count_include_pad", 1)])
+    onnx.save(g, str(tmp_path / "ceil.onnx"))
+    assert all(a.get("ceil_mode") == 1 for a in attrs(tmp_path / "ceil.onnx"))
+    x = np.random.default_rng(0).standard_normal((8, 184, 40)).astype(np.float32) * 3
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(  # noqa: E731
+        None, {"features": x})[0]
+    assert np.array_equal(run(fp32), run(tmp_path / "ceil.onnx"))
+    with torch.no_grad():
+        ref = torch.softmax(model.eval()(torch.from_numpy(x)), -1).numpy()
+    assert np.abs(run(fp32) - ref).max() < 1e-5
+    assert attrs(plain_pools(tmp_path / "ceil.onnx", tmp_path / "again.onnx")) == pools
+    shipped = attrs(DEFAULT_ARTIFACT_DIR / "light-sernet.fp32.onnx")
+    assert sum(set(a) == {"kernel_shape", "strides"} for a in shipped) == 6
+
+
 def test_int8_recipe_keeps_the_input_stage_fp32_and_no_pooling_kernel(tmp_path):
     import onnx
     import onnxruntime as ort

@@ -52,6 +52,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_shape: tuple[int
                       output_names=[OUTPUT_NAME], opset_version=OPSET,
                       dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                       do_constant_folding=True, dynamo=False)
+    plain_pools(path, path)
     if fp16:
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -335,6 +336,56 @@ def compact_names(path: str | Path) -> Path:
     return Path(path)
 
 
+def _tiling_pool(node, shape) -> bool:
+    """Whether the AveragePool ``node`` over an input of ``shape`` (N, C, H, W) tiles it:
+    stride = kernel, no pads, H and W multiples of the kernel."""
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    kh, kw = attrs["kernel_shape"]
+    return (bool(shape) and len(shape) == 4 and all(d > 0 for d in shape[1:])
+            and list(attrs.get("strides", [kh, kw])) == [kh, kw]
+            and not any(attrs.get("pads", [0, 0, 0, 0])) and shape[2] % kh == 0
+            and shape[3] % kw == 0)
+
+
+def _plain_pool(node):
+    """``node`` (a tiling AveragePool) without ``ceil_mode``/``count_include_pad``: the same
+    arithmetic when the windows tile the input, and onnxruntime then runs its blocked-layout
+    kernel instead of the generic one (~25x faster per pooling, measured)."""
+    from onnx import helper
+
+    kh, kw = next(helper.get_attribute_value(a) for a in node.attribute
+                  if a.name == "kernel_shape")
+    return helper.make_node("AveragePool", list(node.input), list(node.output), name=node.name,
+                            kernel_shape=[kh, kw], strides=[kh, kw])
+
+
+def _input_shapes(model) -> dict[str, list[int]]:
+    from onnx import shape_inference
+
+    inferred = shape_inference.infer_shapes(model)
+    return {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+            for vi in list(inferred.graph.value_info) + list(inferred.graph.input)}
+
+
+def plain_pools(src: str | Path, dst: str | Path) -> Path:
+    """Write every average pooling that tiles its input as a plain ``AveragePool`` (no
+    ``ceil_mode``/``count_include_pad``): exact, and the fp32 model runs ~1.8x faster at batch
+    1 (the exporter writes torch's ``ceil_mode`` on every pooling; the one whose window
+    overhangs the edge, 23 -> 12 frames, keeps it). :func:`export_onnx` applies it."""
+    import onnx
+
+    model = onnx.load(str(src))
+    shapes = _input_shapes(model)
+    nodes = [_plain_pool(n) if n.op_type == "AveragePool" and _tiling_pool(n, shapes.get(n.input[0]))
+             else n for n in model.graph.node]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(dst))
+    return Path(dst)
+
+
 # op types of the fast int8 graph: pooling (as depthwise Conv), ReLU and Concat stay in uint8
 FAST_OP_TYPES = ("Conv", "Gemm", "MatMul", "AveragePool", "Relu", "Concat")
 
@@ -350,16 +401,15 @@ def pools_to_depthwise(src: str | Path, dst: str | Path, edge_pad: bool = False,
     or with ``edge_pad`` becomes the same convolution after repeating the last row (``Pad``
     mode edge), which is exact too: that last window averages its one valid row.
     onnxruntime then runs NHWC depthwise QLinearConv kernels instead of its slow
-    (QLinear)AveragePool. Poolings named in ``keep`` stay poolings; those that tile their
-    input are written without ``ceil_mode``/``count_include_pad`` (the same arithmetic).
+    (QLinear)AveragePool. Poolings named in ``keep`` stay poolings, written plain
+    (:func:`plain_pools`) when they tile their input.
     """
     import onnx
-    from onnx import helper, numpy_helper, shape_inference
+    from onnx import helper, numpy_helper
 
     keep = set(keep)
-    model = shape_inference.infer_shapes(onnx.load(str(src)))
-    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
-              for vi in list(model.graph.value_info) + list(model.graph.input)}
+    model = onnx.load(str(src))
+    shapes = _input_shapes(model)
     out = []
     for n in model.graph.node:
         if n.op_type != "AveragePool":
@@ -375,11 +425,7 @@ def pools_to_depthwise(src: str | Path, dst: str | Path, edge_pad: bool = False,
         # its valid elements only, which is what repeating the edge row/column gives
         extra = [(-shape[2]) % kh, (-shape[3]) % kw] if tiles else [0, 0]
         if n.name in keep:
-            if tiles and not any(extra):  # the same pooling without ceil_mode / count_include_pad,
-                # which keep onnxruntime off its blocked-layout kernel (~25x slower, measured)
-                n = helper.make_node("AveragePool", list(n.input), list(n.output), name=n.name,
-                                     kernel_shape=[kh, kw], strides=[kh, kw])
-            out.append(n)
+            out.append(_plain_pool(n) if _tiling_pool(n, shape) else n)
             continue
         overhang_ok = (attrs.get("ceil_mode", 0) == 1 and extra[0] in (0, 1) and extra[1] in (0, 1)
                        and (extra[0] == 0 or kh == 2) and (extra[1] == 0 or kw == 2))
