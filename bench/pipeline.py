@@ -10,7 +10,10 @@ time of the chunk's first sample), and a consumer reads the events.
 * worker CPU (psutil, user + system of the worker process) per speaker-second of audio and per
   window; peak RSS sampled every 0.25 s;
 * efficiency = worker CPU per window / bare ``batch_features`` + int8 ``EmotionModel`` CPU per
-  window at batch ``batch_size``, measured in this process right after the run;
+  window at batch ``batch_size``, measured in this process right after the run: with
+  ``--speakers`` after *each* run (``runs[i]["efficiency"]``; the top-level figure is their
+  median, ``efficiency_runs`` the median/min/max), so a machine whose speed drifts between
+  runs compares each run with its own moment; a capacity search measures it once, at the end;
 * capacity: the largest N whose p99 <= 250 ms with every window scored, searched upward
   geometrically then bisected, each step a short run on the same worker(s) (each step's
   speakers are new and end with ``end_of_stream``).
@@ -367,6 +370,27 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
         peak_rss = max(peak_rss, r["peak_rss_mb"])
         return r
 
+    settings = Settings.from_env({**os.environ, **(extra_env or {})})  # what the workers run
+    batch, run_batch = settings.batch_size, settings.model_batch
+
+    def bare_now() -> tuple[float, float]:
+        """Bare CPU seconds per window (plain, streaming frontend) at this moment."""
+        return (bare_cpu_per_window(artifact_dir, batch, audio, run_batch=run_batch),
+                bare_cpu_per_window(artifact_dir, batch, audio, streaming=True, run_batch=run_batch))
+
+    def with_bare(r: dict[str, Any]) -> dict[str, Any]:
+        """The run's efficiency against the bare cost measured right after it."""
+        bare, bare_streaming = bare_now()
+        r["bare_cpu_ms_per_window"] = round(bare * 1000, 3)
+        r["bare_streaming_cpu_ms_per_window"] = round(bare_streaming * 1000, 3)
+        r["efficiency"] = round(r["worker_cpu_ms_per_window"] / (bare * 1000), 3)
+        r["efficiency_vs_streaming_bare"] = round(
+            r["worker_cpu_ms_per_window"] / (bare_streaming * 1000), 3)
+        log(f"    efficiency {r['efficiency']}: worker {r['worker_cpu_ms_per_window']} / bare "
+            f"{r['bare_cpu_ms_per_window']} CPU-ms per window (streaming bare "
+            f"{r['bare_streaming_cpu_ms_per_window']})")
+        return r
+
     with tempfile.TemporaryDirectory(prefix="sernet-bench-") as tmp:
         def step(n: int, size: int) -> dict[str, Any]:
             r = fresh_step(n, size, tmp)
@@ -385,7 +409,7 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
         for size in sizes:
             log(f"chunk {size} ms, {workers} worker(s), fresh broker and worker per step")
             if speakers:
-                runs = [step(speakers, size) for _ in range(repeats)]
+                runs = [with_bare(step(speakers, size)) for _ in range(repeats)]
                 per_size[str(size)] = {"runs": runs}
                 continue
             steps: list[dict[str, Any]] = []
@@ -420,18 +444,23 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
     all_steps = [r for e in per_size.values() for r in e.get("search", e.get("runs", []))]
     if all_steps:
         heavy = max(all_steps, key=lambda r: r["events"])
-        settings = Settings.from_env({**os.environ, **(extra_env or {})})  # what the workers ran
-        batch, run_batch = settings.batch_size, settings.model_batch
-        bare = bare_cpu_per_window(artifact_dir, batch, audio, run_batch=run_batch)
-        bare_streaming = bare_cpu_per_window(artifact_dir, batch, audio, streaming=True,
-                                             run_batch=run_batch)
+        measured = [r for r in all_steps if "efficiency" in r]  # fixed-N runs, each with its own
+        if measured:
+            bare = statistics.median(r["bare_cpu_ms_per_window"] for r in measured) / 1000
+            bare_streaming = statistics.median(
+                r["bare_streaming_cpu_ms_per_window"] for r in measured) / 1000
+        else:
+            bare, bare_streaming = bare_now()
+            with_bare(heavy)
+            measured = [heavy]
         result["bare_batch"] = {"batch_size": batch, "model_batch": run_batch}
         result["bare_cpu_ms_per_window"] = round(bare * 1000, 3)
         result["bare_streaming_cpu_ms_per_window"] = round(bare_streaming * 1000, 3)
         result["efficiency_step"] = {"speakers": heavy["speakers"], "chunk_ms": heavy["chunk_ms"]}
-        result["efficiency"] = round(heavy["worker_cpu_ms_per_window"] / (bare * 1000), 3)
-        result["efficiency_vs_streaming_bare"] = round(
-            heavy["worker_cpu_ms_per_window"] / (bare_streaming * 1000), 3)
+        result["efficiency_runs"] = summary([r["efficiency"] for r in measured], 3)
+        result["efficiency"] = result["efficiency_runs"]["median"]
+        result["efficiency_vs_streaming_bare"] = summary(
+            [r["efficiency_vs_streaming_bare"] for r in measured], 3)["median"]
         result["worker_cpu_ms_per_speaker_s"] = heavy["worker_cpu_ms_per_speaker_s"]
         result["efficiency_at_capacity"] = efficiency_at_capacity(per_size, bare, bare_streaming)
     result["max_speakers_p99_le_250ms"] = {k: v.get("max_speakers_p99_le_250ms")

@@ -77,6 +77,11 @@ def test_bench_pipeline_fixed_n_json(artifact: Path) -> None:
     assert run["bench_process_cores"] > 0
     assert out["bare_batch"]["model_batch"] == 1
     assert out["efficiency_at_capacity"] == {}  # a fixed-N run searches no capacity
+    # each run is compared with the bare cost measured right after it, not once per command
+    assert run["bare_cpu_ms_per_window"] > 0 and run["efficiency"] == pytest.approx(
+        run["worker_cpu_ms_per_window"] / run["bare_cpu_ms_per_window"], rel=1e-3)
+    assert out["efficiency_runs"]["n"] == 1 and out["efficiency"] == run["efficiency"]
+    assert out["bare_cpu_ms_per_window"] == run["bare_cpu_ms_per_window"]
 
 
 def test_bench_help_names_env_vars() -> None:
