@@ -373,14 +373,11 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
     settings = Settings.from_env({**os.environ, **(extra_env or {})})  # what the workers run
     batch, run_batch = settings.batch_size, settings.model_batch
 
-    def bare_now() -> tuple[float, float]:
-        """Bare CPU seconds per window (plain, streaming frontend) at this moment."""
-        return (bare_cpu_per_window(artifact_dir, batch, audio, run_batch=run_batch),
-                bare_cpu_per_window(artifact_dir, batch, audio, streaming=True, run_batch=run_batch))
-
     def with_bare(r: dict[str, Any]) -> dict[str, Any]:
         """The run's efficiency against the bare cost measured right after it."""
-        bare, bare_streaming = bare_now()
+        bare = bare_cpu_per_window(artifact_dir, batch, audio, run_batch=run_batch)
+        bare_streaming = bare_cpu_per_window(artifact_dir, batch, audio, streaming=True,
+                                             run_batch=run_batch)
         r["bare_cpu_ms_per_window"] = round(bare * 1000, 3)
         r["bare_streaming_cpu_ms_per_window"] = round(bare_streaming * 1000, 3)
         r["efficiency"] = round(r["worker_cpu_ms_per_window"] / (bare * 1000), 3)
@@ -444,15 +441,11 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
     all_steps = [r for e in per_size.values() for r in e.get("search", e.get("runs", []))]
     if all_steps:
         heavy = max(all_steps, key=lambda r: r["events"])
-        measured = [r for r in all_steps if "efficiency" in r]  # fixed-N runs, each with its own
-        if measured:
-            bare = statistics.median(r["bare_cpu_ms_per_window"] for r in measured) / 1000
-            bare_streaming = statistics.median(
-                r["bare_streaming_cpu_ms_per_window"] for r in measured) / 1000
-        else:
-            bare, bare_streaming = bare_now()
-            with_bare(heavy)
-            measured = [heavy]
+        # fixed-N runs carry their own; a search is measured once, at its heaviest step
+        measured = [r for r in all_steps if "efficiency" in r] or [with_bare(heavy)]
+        bare = statistics.median(r["bare_cpu_ms_per_window"] for r in measured) / 1000
+        bare_streaming = statistics.median(
+            r["bare_streaming_cpu_ms_per_window"] for r in measured) / 1000
         result["bare_batch"] = {"batch_size": batch, "model_batch": run_batch}
         result["bare_cpu_ms_per_window"] = round(bare * 1000, 3)
         result["bare_streaming_cpu_ms_per_window"] = round(bare_streaming * 1000, 3)
