@@ -42,6 +42,11 @@ from worker.demo import WorkerProcess
 REPO = Path(__file__).resolve().parents[1]
 SR = 16000
 OUTAGE_S = 6.0
+# the streaming speaker's length: after tansu's in-memory restart the worker resumes that
+# speaker's partition at its old offset, so the audio sent after the restart must outnumber the
+# chunks sent before the outage by a window's worth. With 20 s that needed the first event
+# within ~7 s of the start, which a loaded 2-core machine missed (full suite, stop 15)
+STREAM_S = 30.0
 MAX_PENDING_BYTES = 64 << 10
 
 
@@ -53,7 +58,7 @@ def test_broker_restart_producer_reports_worker_resumes(tmp_path):
     s = Settings(broker_url=f"kafka://127.0.0.1:{port}", partitions=2, model_dir=str(artifact),
                  web_port=free_port(), batch_wait_ms=10.0, idle_timeout_s=5.0, threads=1)
     tag = uuid.uuid4().hex[:6]
-    audio = (0.2 * np.random.default_rng(0).standard_normal(int(20 * SR))).astype(np.float32)
+    audio = (0.2 * np.random.default_rng(0).standard_normal(int(STREAM_S * SR))).astype(np.float32)
     wav = tmp_path / f"out{tag}.wav"
     sf.write(str(wav), audio, SR, subtype="PCM_16")
     broker = EmbeddedBroker(port=port).start()
