@@ -336,17 +336,20 @@ def compact_names(path: str | Path) -> Path:
     return Path(path)
 
 
-def _tiling_pool(node, shape) -> bool:
-    """Whether the AveragePool ``node`` over an input of ``shape`` (N, C, H, W) tiles it:
-    stride = kernel, no pads, H and W multiples of the kernel."""
+def _pool_overhang(node, shape) -> list[int] | None:
+    """For the AveragePool ``node`` over an input of ``shape`` (N, C, H, W) whose windows do
+    not overlap (stride = kernel, no pads): the rows and columns its last window overhangs the
+    edge by (``[0, 0]``: the windows tile the input). None for any other pooling or an
+    unknown shape."""
     from onnx import helper
 
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     kh, kw = attrs["kernel_shape"]
-    return (bool(shape) and len(shape) == 4 and all(d > 0 for d in shape[1:])
+    if not (shape and len(shape) == 4 and all(d > 0 for d in shape[1:])
             and list(attrs.get("strides", [kh, kw])) == [kh, kw]
-            and not any(attrs.get("pads", [0, 0, 0, 0])) and shape[2] % kh == 0
-            and shape[3] % kw == 0)
+            and not any(attrs.get("pads", [0, 0, 0, 0]))):
+        return None
+    return [(-shape[2]) % kh, (-shape[3]) % kw]
 
 
 def _plain_pool(node):
@@ -378,8 +381,9 @@ def plain_pools(src: str | Path, dst: str | Path) -> Path:
 
     model = onnx.load(str(src))
     shapes = _input_shapes(model)
-    nodes = [_plain_pool(n) if n.op_type == "AveragePool" and _tiling_pool(n, shapes.get(n.input[0]))
-             else n for n in model.graph.node]
+    nodes = [_plain_pool(n) if n.op_type == "AveragePool"
+             and _pool_overhang(n, shapes.get(n.input[0])) == [0, 0] else n
+             for n in model.graph.node]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     onnx.save(model, str(dst))
@@ -418,14 +422,13 @@ def pools_to_depthwise(src: str | Path, dst: str | Path, edge_pad: bool = False,
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
         kh, kw = attrs["kernel_shape"]
         shape = shapes.get(n.input[0])
-        tiles = (bool(shape) and len(shape) == 4 and shape[1] > 0 and shape[2] > 0
-                 and shape[3] > 0 and list(attrs.get("strides", [kh, kw])) == [kh, kw]
-                 and not any(attrs.get("pads", [0, 0, 0, 0])))
+        overhang = _pool_overhang(n, shape)
+        tiles = overhang is not None
         # ceil_mode with one row/column overhanging (no explicit pads): that window averages
         # its valid elements only, which is what repeating the edge row/column gives
-        extra = [(-shape[2]) % kh, (-shape[3]) % kw] if tiles else [0, 0]
+        extra = overhang or [0, 0]
         if n.name in keep:
-            out.append(_plain_pool(n) if _tiling_pool(n, shape) else n)
+            out.append(_plain_pool(n) if overhang == [0, 0] else n)
             continue
         overhang_ok = (attrs.get("ceil_mode", 0) == 1 and extra[0] in (0, 1) and extra[1] in (0, 1)
                        and (extra[0] == 0 or kh == 2) and (extra[1] == 0 or kw == 2))
