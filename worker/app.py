@@ -48,6 +48,7 @@ import numpy as np
 from schemas import (AudioChunk, DeadLetter, EmotionEvent, ModelInfo, SchemaError, decode_audio_chunk,
                      encode, make_event_id, message_key, parse_message_key)
 from sernet.settings import Settings
+from worker.faust_patches import patch_eager_delivery, patch_fetch_max_wait
 from worker.frontend import FrontendConfig
 from worker.logs import get_logger
 from worker.metrics import Metrics
@@ -421,36 +422,6 @@ def load_model(settings: Settings):
     return model, artifact.frontend, info
 
 
-def patch_fetch_max_wait() -> None:
-    """Let ``app.sernet_fetch_max_wait_ms`` / ``app.sernet_fetch_min_bytes`` set the worker
-    consumer's ``fetch_max_wait_ms`` / ``fetch_min_bytes``.
-
-    faust-streaming hard-codes ``fetch_max_wait_ms=1500`` in
-    ``AIOKafkaConsumerThread._create_worker_consumer`` (and offers no ``fetch_min_bytes``), and
-    tansu holds a fetch for the whole wait when no data is there: a latency floor of ~750 ms on
-    average. The consumer is built there and started later, so setting aiokafka's attributes
-    before ``start()`` is enough. Idempotent; apps without the attributes keep Faust's values."""
-    from faust.transport.drivers import aiokafka as driver
-
-    cls = driver.AIOKafkaConsumerThread
-    if getattr(cls, "_sernet_fetch_wait_patched", False):
-        return
-    original = cls._create_worker_consumer
-
-    def _create_worker_consumer(self, transport):
-        consumer = original(self, transport)
-        wait_ms = getattr(self.app, "sernet_fetch_max_wait_ms", None)
-        if wait_ms is not None:
-            consumer._fetch_max_wait_ms = int(wait_ms)
-        min_bytes = getattr(self.app, "sernet_fetch_min_bytes", None)
-        if min_bytes is not None:
-            consumer._fetch_min_bytes = int(min_bytes)
-        return consumer
-
-    cls._create_worker_consumer = _create_worker_consumer
-    cls._sernet_fetch_wait_patched = True
-
-
 def create_app(settings: Settings, model_bundle=None):
     """Build the Faust app and its :class:`Pipeline` (not started)."""
     import faust
@@ -493,6 +464,7 @@ def create_app(settings: Settings, model_bundle=None):
     pipeline = Pipeline(settings, model, frontend, send, model_info=info, metrics=metrics)
     app.sernet_pipeline = pipeline  # for tests and tools
     patch_fetch_max_wait()
+    patch_eager_delivery()  # a message's hand-over to the stream without four tasks
     app.sernet_fetch_max_wait_ms = settings.fetch_max_wait_ms
     app.sernet_fetch_min_bytes = settings.fetch_min_bytes
 
