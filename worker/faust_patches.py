@@ -12,7 +12,7 @@
   runs the callback's first step inline and takes ``wait_first``'s path only for a callback
   that has to wait; it then continues from where it stopped, with the same cancellation on a
   suspended flow. Delivery CPU per 16 KB message, Faust alone: 250 -> 135 us
-  (bench/README.md, section 15: -15 % event-loop CPU at 500 ms chunks).
+  (bench/README.md, section 15).
 
 Both patches are idempotent, leave every other use of the patched methods alone, and are
 tested against the real classes (tests/test_faust_patches.py).
