@@ -31,8 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.fft
-from scipy.fft import dct
+from worker import scipy_kernels
 
 INPUT_TYPES = ("mfcc", "mel", "spectrogram")
 SAMPLE_RATE_HZ = 16000
@@ -156,7 +155,7 @@ def hann_periodic(frame_length: int) -> np.ndarray:
 def dct_matrix(num_mel_bins: int = 128, num_mfcc: int = 40) -> np.ndarray:
     """(num_mel_bins, num_mfcc) matrix M with ``log_mel @ M`` = TF-scaled DCT-II, first coefs."""
     eye = np.eye(num_mel_bins)
-    basis = dct(eye, type=2, axis=-1, norm=None) / np.sqrt(2.0 * num_mel_bins)
+    basis = scipy_kernels.dct2(eye) / np.sqrt(2.0 * num_mel_bins)
     out = basis[:, :num_mfcc].astype(np.float32)
     out.setflags(write=False)
     return out
@@ -216,7 +215,7 @@ def magnitude_spectrum(frames_: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
     and streaming callers get bit-identical rows.
     """
     windowed = frames_.astype(np.float32, copy=False) * hann_periodic(cfg.frame_length)
-    return np.abs(scipy.fft.rfft(windowed, n=cfg.fft_length, axis=-1, workers=1))
+    return np.abs(scipy_kernels.rfft(windowed, cfg.fft_length))
 
 
 def mel_energies(samples: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
@@ -230,17 +229,15 @@ def mel_energies(samples: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
     """
     spec = magnitude_spectrum(frames(samples, cfg.frame_length, cfg.hop_length), cfg)
     flat = spec.reshape(-1, spec.shape[-1])
-    mel = np.ascontiguousarray((_mel_sparse_t(cfg) @ flat.T).T)
+    mel = _mel_sparse_t(cfg).times_transposed(flat)
     return mel.reshape(spec.shape[:-1] + (cfg.num_mel_bins,))
 
 
 @functools.lru_cache(maxsize=16)
 def _mel_sparse_t_for(num_mel_bins: int, fft_length: int, sample_rate_hz: int,
                       lower_edge_hz: float, upper_edge_hz: float):
-    import scipy.sparse
-
-    return scipy.sparse.csr_matrix(mel_matrix(num_mel_bins, fft_length, sample_rate_hz,
-                                              lower_edge_hz, upper_edge_hz).T)
+    return scipy_kernels.CsrRows(mel_matrix(num_mel_bins, fft_length, sample_rate_hz,
+                                            lower_edge_hz, upper_edge_hz).T)
 
 
 def _mel_sparse_t(cfg: FrontendConfig):
