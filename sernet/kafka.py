@@ -49,6 +49,7 @@ def faust_kwargs(settings: Settings) -> dict[str, Any]:
         # per rebalance, 6 s / 1 s give ~3 s.
         "broker_session_timeout": settings.session_timeout_s,
         "broker_heartbeat_interval": settings.heartbeat_s,
+        "producer_linger": settings.producer_linger_ms / 1000.0,
     }
     ctx = ssl_context(settings)
     if settings.security_protocol.startswith("SASL"):

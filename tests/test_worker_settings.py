@@ -22,7 +22,8 @@ def test_env_and_overrides():
 @pytest.mark.parametrize("env", [{"SERNET_PARTITIONS": "0"}, {"SERNET_HEARTBEAT_S": "9"},
                                  {"SERNET_SECURITY_PROTOCOL": "SASL_PLAINTEXT"},
                                  {"SERNET_WINDOW_S": "1", "SERNET_HOP_S": "2"},
-                                 {"SERNET_FETCH_MIN_BYTES": "0"}, {"SERNET_MODEL_BATCH": "0"}])
+                                 {"SERNET_FETCH_MIN_BYTES": "0"}, {"SERNET_MODEL_BATCH": "0"},
+                                 {"SERNET_PRODUCER_LINGER_MS": "-1"}])
 def test_invalid_settings_name_the_variable(env):
     with pytest.raises(SettingsError) as err:
         Settings.from_env(env)
@@ -48,3 +49,10 @@ def test_worker_limits_glibc_to_one_malloc_arena(monkeypatch):
     assert one_malloc_arena() is False
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     assert one_malloc_arena() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_producer_linger_reaches_faust():
+    from sernet.kafka import faust_kwargs
+
+    assert faust_kwargs(Settings())["producer_linger"] == 0.0
+    assert faust_kwargs(Settings.from_env({"SERNET_PRODUCER_LINGER_MS": "10"}))["producer_linger"] == 0.01
