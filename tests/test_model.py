@@ -27,7 +27,7 @@ def test_run_batch_must_be_positive(artifact):
         EmotionModel.from_artifact(artifact[1], run_batch=0)
 
 
-def test_worker_loads_the_model_once_without_the_memory_arena():
+def test_worker_uses_the_memory_arena_only_for_one_window_per_call():
     from helpers.artifact import committed_or_fixture
     from sernet.settings import Settings
     from worker.app import load_model
@@ -36,3 +36,6 @@ def test_worker_loads_the_model_once_without_the_memory_arena():
     opts = model.session.get_session_options()
     assert not opts.enable_cpu_mem_arena and not opts.enable_mem_pattern
     assert model.run_batch == 3
+    model, _, _ = load_model(Settings(model_dir=str(committed_or_fixture())))
+    opts = model.session.get_session_options()
+    assert opts.enable_cpu_mem_arena and opts.enable_mem_pattern and model.run_batch == 1

@@ -416,8 +416,13 @@ def load_model(settings: Settings):
     from worker.model import EmotionModel
 
     artifact = load_artifact(settings.artifact_dir)  # verifies every sha256 and the frontend
+    # onnxruntime's CPU arena keeps the largest run's activations: one window's (~9 MB, less
+    # than malloc keeps without it) at the default model_batch 1, and 4 % less CPU per call;
+    # ~100 MB for 32-window calls, so larger model batches run without it (bench/README.md,
+    # sections 6 and 16)
     model = EmotionModel.from_artifact(artifact, threads=settings.threads,
-                                       run_batch=settings.model_batch, memory_arena=False)
+                                       run_batch=settings.model_batch,
+                                       memory_arena=settings.model_batch == 1)
     info = ModelInfo(name=artifact.name, version=artifact.version, sha256=model.sha256)
     return model, artifact.frontend, info
 
