@@ -151,3 +151,17 @@ def test_patch_installs_once_on_faust_consumer_whose_delivery_call_it_matches():
     # changes it makes this fail rather than silently losing the fast path
     source = inspect.getsource(Consumer._drain_messages)
     assert "self.wait_first(" in source and "self.suspend_flow.wait()" in source
+
+
+def test_drop_monitor_sensor():
+    import faust
+
+    from worker.app import drop_monitor_sensor
+
+    app = faust.App("sernet-test-monitor", broker="kafka://127.0.0.1:1")
+    app.sensors.add(app.monitor)  # what the app does when it starts
+    other = faust.Sensor()
+    app.sensors.add(other)
+    assert drop_monitor_sensor(app) is True
+    assert app.monitor not in set(app.sensors) and other in set(app.sensors)
+    assert drop_monitor_sensor(app) is False  # idempotent
