@@ -56,3 +56,22 @@ def test_producer_linger_reaches_faust():
 
     assert faust_kwargs(Settings())["producer_linger"] == 0.0
     assert faust_kwargs(Settings.from_env({"SERNET_PRODUCER_LINGER_MS": "10"}))["producer_linger"] == 0.01
+
+
+def test_metrics_labelled_children_are_cached_and_counted():
+    from worker.metrics import Metrics
+
+    m = Metrics()
+    a = m.labelled(m.chunks, "accepted")
+    assert m.labelled(m.chunks, "accepted") is a and m.labelled(m.chunks, "duplicate") is not a
+    a.inc()
+    m.labelled(m.chunks, "accepted").inc(2)
+    assert m.chunks.labels("accepted")._value.get() == 3
+    assert b'sernet_chunks_total{outcome="accepted"} 3.0' in m.render()
+    lag = m.labelled(m.consumer_lag, "3")
+    lag.set(7)
+    m.unlabel(m.consumer_lag, "3")
+    assert b'partition="3"' not in m.render()
+    m.unlabel(m.consumer_lag, "3")  # gone already: no error
+    m.labelled(m.consumer_lag, "3").set(2)  # reassigned: a live series again, not the dropped one
+    assert b'sernet_consumer_lag_messages{partition="3"} 2.0' in m.render()

@@ -228,7 +228,7 @@ class Pipeline:
                 outcome = name
         if result.counts.get("reordered") and outcome == "accepted":
             outcome = "reordered"
-        self.metrics.chunks.labels(outcome).inc()
+        self.metrics.labelled(self.metrics.chunks, outcome).inc()
         await self._absorb(result)
 
     def _decode(self, msg: Incoming) -> AudioChunk:
@@ -250,7 +250,7 @@ class Pipeline:
     async def _absorb(self, result) -> None:
         for name, n in result.counts.items():
             if name not in ("duplicate", "late_after_end", "reordered"):
-                self.metrics.windowing.labels(name).inc(n)
+                self.metrics.labelled(self.metrics.windowing, name).inc(n)
             if name == "evicted":
                 self.metrics.speaker_cap_hits.inc(n)
                 log.warning("speaker_cap_reached", max_speakers=self.wcfg.max_speakers, evicted=n)
@@ -259,11 +259,11 @@ class Pipeline:
         for lead in result.leads:  # before any window: a first window then finds its frames
             await self.scorer.put(lead)
         for window in result.windows:
-            self.metrics.windows.labels("final" if window.final else "full").inc()
+            self.metrics.labelled(self.metrics.windows, "final" if window.final else "full").inc()
             if window.gap:
-                self.metrics.window_flags.labels("gap").inc()
+                self.metrics.labelled(self.metrics.window_flags, "gap").inc()
             if not window.speech:
-                self.metrics.window_flags.labels("no_speech").inc()
+                self.metrics.labelled(self.metrics.window_flags, "no_speech").inc()
             await self.scorer.put(window)
         # A finished speaker keeps its partition here as long as the windower remembers it:
         # on a revoke that memory must go too, or the new assignment's replay of its
@@ -492,7 +492,7 @@ def create_app(settings: Settings, model_bundle=None):
             tp = message.tp
             try:
                 lag = app.consumer.highwater(tp) - message.offset - 1
-                metrics.consumer_lag.labels(str(tp.partition)).set(max(0, lag))
+                metrics.labelled(metrics.consumer_lag, str(tp.partition)).set(max(0, lag))
             except Exception:  # highwater unknown before the first fetch response
                 pass
             # the offset tracker holds the ack until the chunk's windows are delivered: it
@@ -532,10 +532,8 @@ def create_app(settings: Settings, model_bundle=None):
         for tp in revoked:
             held.discard(tp)
             if tp.topic == settings.input_topic:
-                try:  # no stale lag series for partitions this worker no longer reads
-                    metrics.consumer_lag.remove(str(tp.partition))
-                except KeyError:
-                    pass
+                # no stale lag series for partitions this worker no longer reads
+                metrics.unlabel(metrics.consumer_lag, str(tp.partition))
         metrics.assigned_partitions.set(len(held))
 
     @app.on_partitions_assigned.connect

@@ -58,5 +58,25 @@ class Metrics:
                                   "High watermark minus next offset, per input partition.",
                                   ["partition"], registry=r)
 
+        self._children: dict[tuple[int, str], object] = {}
+
+    def labelled(self, metric, value: str):
+        """``metric.labels(value)``, cached: ``labels()`` takes ~1 us a call (a lock, label
+        validation), and the worker calls it for every chunk. Label values are small closed
+        sets, so the cache is too."""
+        key = (id(metric), value)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(value)
+        return child
+
+    def unlabel(self, metric, value: str) -> None:
+        """Drop the series ``value`` of ``metric`` (and its cached child), if it exists."""
+        self._children.pop((id(metric), value), None)
+        try:
+            metric.remove(value)
+        except KeyError:
+            pass
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
