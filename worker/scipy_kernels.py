@@ -107,7 +107,8 @@ class CsrRows:
         self.indptr = np.concatenate([[0], np.cumsum(mask.sum(axis=1))]).astype(np.int32)
         self.indices = np.nonzero(mask)[1].astype(np.int32)
         self.data = np.ascontiguousarray(dense[mask])
-        self._scipy = None if _sparsetools() is not None else self._scipy_matrix(dense)
+        self._kernel = _sparsetools()  # None: scipy.sparse's matrix instead
+        self._scipy = None if self._kernel is not None else self._scipy_matrix(dense)
 
     @staticmethod
     def _scipy_matrix(dense: np.ndarray):
@@ -129,7 +130,7 @@ class CsrRows:
         n = flat.shape[0]
         out = np.zeros((rows, n), dtype=np.result_type(self.dtype, flat.dtype))
         other = np.ascontiguousarray(flat.T, dtype=out.dtype)  # scipy: other.ravel() of flat.T
-        _sparsetools().csr_matvecs(rows, cols, n, self.indptr, self.indices,
-                                   self.data.astype(out.dtype, copy=False), other.ravel(),
-                                   out.ravel())
+        self._kernel.csr_matvecs(rows, cols, n, self.indptr, self.indices,
+                                 self.data.astype(out.dtype, copy=False), other.ravel(),
+                                 out.ravel())
         return np.ascontiguousarray(out.T)
