@@ -485,16 +485,27 @@ def create_app(settings: Settings, model_bundle=None):
     app.sernet_fetch_max_wait_ms = settings.fetch_max_wait_ms
     app.sernet_fetch_min_bytes = settings.fetch_min_bytes
 
+    # offset of the last message handed to the pipeline, per partition: the lag gauge is
+    # refreshed from it every GAUGE_PERIOD_S (``tick``), not per message (the high-watermark
+    # lookup and the gauge cost ~3 % of the event loop at 100 ms chunks, bench/README.md
+    # section 17)
+    last_offset: dict = {}
+    lag_refreshed_at = -1e9
+
+    def refresh_lag() -> None:
+        for tp, offset in last_offset.items():
+            try:
+                lag = app.consumer.highwater(tp) - offset - 1
+            except Exception:  # highwater unknown before the first fetch response
+                continue
+            metrics.labelled(metrics.consumer_lag, str(tp.partition)).set(max(0, lag))
+
     @app.agent(audio, name="sernet-windows", concurrency=1)
     async def consume(stream):
         async for event in stream.noack().events():
             message = event.message
             tp = message.tp
-            try:
-                lag = app.consumer.highwater(tp) - message.offset - 1
-                metrics.labelled(metrics.consumer_lag, str(tp.partition)).set(max(0, lag))
-            except Exception:  # highwater unknown before the first fetch response
-                pass
+            last_offset[tp] = message.offset
             # the offset tracker holds the ack until the chunk's windows are delivered: it
             # holds the message, not the event (the ack is what ``Event.ack`` does), and the
             # payload is dropped once handled (the windowing copied the samples or keeps its
@@ -521,8 +532,13 @@ def create_app(settings: Settings, model_bundle=None):
 
     @app.timer(0.1)
     async def tick() -> None:
+        nonlocal lag_refreshed_at
         if pipeline.started:
             await pipeline.tick()
+        now = time.monotonic()
+        if now - lag_refreshed_at >= GAUGE_PERIOD_S:
+            lag_refreshed_at = now
+            refresh_lag()
 
     held: set = set()
 
@@ -533,6 +549,7 @@ def create_app(settings: Settings, model_bundle=None):
             held.discard(tp)
             if tp.topic == settings.input_topic:
                 # no stale lag series for partitions this worker no longer reads
+                last_offset.pop(tp, None)
                 metrics.unlabel(metrics.consumer_lag, str(tp.partition))
         metrics.assigned_partitions.set(len(held))
 

@@ -450,7 +450,8 @@ class WorkerFleet:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # One onnxruntime/BLAS thread per worker: the machine is small and shared.
         # APP_WEB_STATS_ENABLED (Faust's own setting, read from the environment) serves
-        # /assignment/: the worker has no assignment metric or log line of its own.
+        # /assignment/: which partitions, by name (the worker's own sernet_assigned_partitions
+        # gauge only counts them).
         self.extra_env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                           "APP_WEB_STATS_ENABLED": "true", **(extra_env or {})}
         self.workers: dict[str, Any] = {}
@@ -536,7 +537,8 @@ class WorkerFleet:
 
     def consumed_partitions(self, name: str) -> frozenset[int]:
         """Partitions the worker has consumed from (labels of its
-        ``sernet_consumer_lag_messages`` gauge: set on each message, never removed)."""
+        ``sernet_consumer_lag_messages`` gauge: refreshed every 0.5 s from the last message of
+        each partition, removed when the partition is revoked)."""
         return frozenset(int(m.group(1)) for k in self.metrics(name)
                          if (m := re.match(r'sernet_consumer_lag_messages\{partition="(\d+)"\}', k)))
 
