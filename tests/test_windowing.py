@@ -283,6 +283,19 @@ def test_tokens_released_only_after_last_window_needing_them():
                 assert (t + 1) * chunk <= nxt or i == 11  # end of stream: nothing follows
 
 
+def test_vad_finds_one_loud_frame_anywhere_in_a_window():
+    """The first quarter of the frames is judged before the rest: a single loud 30 ms frame
+    is found at every position (both blocks, their boundary, the short trailing frame)."""
+    n, frame = 48000 + 200, 480  # 100 full frames and a 200-sample tail
+    for dtype, loud in ((np.int16, 400), (np.float32, 0.02)):
+        quiet = np.zeros(n, dtype)
+        assert not vad_speech(quiet, -45.0)
+        for start in [i * frame for i in range(n // frame)] + [n - 200]:
+            x = quiet.copy()
+            x[start:start + frame] = loud
+            assert vad_speech(x, -45.0), (dtype, start)
+
+
 def test_vad():
     t = np.arange(16000) / 16000
     assert vad_speech(0.1 * np.sin(2 * np.pi * 200 * t).astype(np.float32), -45.0)

@@ -385,15 +385,26 @@ class StepResult:
             self.count(k, v)
 
 
+_VECDOT = getattr(np, "vecdot", None)  # numpy >= 2
+
+
+def _row_dots(x: np.ndarray) -> np.ndarray:
+    """Each row's dot product with itself: ``np.vecdot`` (a ufunc, ~2.7x faster than
+    ``einsum`` on a 3 s window) where numpy has it, else ``einsum``."""
+    return _VECDOT(x, x) if _VECDOT is not None else np.einsum("ij,ij->i", x, x)
+
+
 def vad_speech(samples: np.ndarray, threshold_dbfs: float, sample_rate_hz: int = SAMPLE_RATE_HZ,
                frame_ms: float = VAD_FRAME_MS) -> bool:
     """True when any non-overlapping ``frame_ms`` frame's RMS exceeds ``threshold_dbfs``.
 
     A trailing frame shorter than ``frame_ms`` counts too (a short window is still judged).
-    Compares each frame's sum of squares (float32 dot products) with ``frame * 10^(dB/10)``:
-    no float64 copy of the window and no square root (265 -> 8 us per 3 s window; it runs on
-    the event loop for every window). int16 PCM is judged unscaled against the threshold
-    times 32768^2: scaling by a power of two is exact, so the decision is the one for x / 32768.
+    Compares each frame's sum of squares (float32 dot products, ``np.vecdot``) with
+    ``frame * 10^(dB/10)``: no float64 copy of the window and no square root (it runs on the
+    event loop for every window). int16 PCM is judged unscaled against the threshold times
+    32768^2: scaling by a power of two is exact, so the decision is the one for x / 32768.
+    Speech is the common case: the first quarter of the frames is judged first and most speech
+    windows stop there; silence costs one more small call (bench/README.md, section 17).
     """
     n = samples.shape[0]
     if n == 0:
@@ -403,13 +414,16 @@ def vad_speech(samples: np.ndarray, threshold_dbfs: float, sample_rate_hz: int =
     if samples.dtype == np.int16:
         mean_square *= 32768.0 ** 2
     full = (n // frame) * frame
-    x = np.asarray(samples, dtype=np.float32)
     if full:
-        frames_ = x[:full].reshape(-1, frame)
-        if np.any(np.einsum("ij,ij->i", frames_, frames_) > mean_square * frame):
-            return True
+        frames_ = samples[:full].reshape(-1, frame)
+        first = max(1, frames_.shape[0] // 4)
+        for block in (frames_[:first], frames_[first:]):
+            if block.shape[0]:
+                x = np.asarray(block, dtype=np.float32)
+                if np.any(_row_dots(x) > mean_square * frame):
+                    return True
     if full < n:
-        tail = x[full:]
+        tail = np.asarray(samples[full:], dtype=np.float32)
         return bool(float(np.dot(tail, tail)) > mean_square * (n - full))
     return False
 
