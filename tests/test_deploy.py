@@ -25,6 +25,8 @@ import jsonschema
 import pytest
 import yaml
 
+from sernet.settings import FIELDS
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 DOCKER = DEPLOY / "docker"
@@ -37,14 +39,9 @@ K8S_VERSION = "1.30.0"  # oldest Kubernetes minor the manifests promise to work 
 OVERLAYS = ["overlays/dev", "overlays/prod"]
 RENDERABLE = ["base", *OVERLAYS, "edge"]
 
-# The worker's settings object (one place in the code); deploy/ may use no other SERNET_ names.
-SETTINGS_ENV = {
-    "BROKER_URL", "SERNET_INPUT_TOPIC", "SERNET_OUTPUT_TOPIC", "SERNET_DLQ_TOPIC",
-    "SERNET_PARTITIONS", "SERNET_HOP_S", "SERNET_BATCH_SIZE", "SERNET_MODEL_DIR",
-    "SERNET_THREADS", "SERNET_WEB_PORT", "SERNET_CONSUMER_GROUP", "SERNET_SECURITY_PROTOCOL",
-    "SERNET_SASL_MECHANISM", "SERNET_SASL_USERNAME", "SERNET_SASL_PASSWORD",
-    "SERNET_SSL_CAFILE", "SERNET_SSL_CERTFILE", "SERNET_SSL_KEYFILE", "SERNET_LOG_LEVEL",
-}
+# Every env name the software reads (sernet/settings.py:FIELDS, the one place they live):
+# deploy/ and docs/deployment.md may use no other SERNET_ names.
+SETTINGS_ENV = {spec.env for spec in FIELDS.values()}
 # Read only by the topic-creation script (deploy/k8s/base/scripts/create-topics.sh).
 TOPIC_ENV = {"TOPIC_REPLICATION_FACTOR", "TOPIC_MIN_INSYNC_REPLICAS", "TOPIC_AUDIO_RETENTION_MS"}
 WORKER_LABELS = {"app.kubernetes.io/name": "sernet", "app.kubernetes.io/component": "worker"}
