@@ -170,6 +170,9 @@ class Pipeline:
                                   metrics=self.metrics)
         self.started = False
         self._gauges_at = -1e9
+        # more throttled gauges, refreshed with these (the app adds the consumer lag, which
+        # needs its Kafka consumer)
+        self.gauge_hooks: list[Callable[[], None]] = []
 
     def start(self) -> None:
         self.scorer.start()
@@ -289,6 +292,8 @@ class Pipeline:
         self.metrics.live_speakers.set(len(self.windower))
         self.metrics.buffered_s.set(self.windower.buffered_samples() / self.wcfg.sample_rate_hz)
         self.metrics.uncommitted.set(self.offsets.uncommitted())
+        for hook in self.gauge_hooks:
+            hook()
 
     async def _dead_letter(self, msg: Incoming, exc: BaseException) -> None:
         dl = DeadLetter.from_error(exc, key=msg.key, value=msg.value, topic=msg.topic,
@@ -486,11 +491,10 @@ def create_app(settings: Settings, model_bundle=None):
     app.sernet_fetch_min_bytes = settings.fetch_min_bytes
 
     # offset of the last message handed to the pipeline, per partition: the lag gauge is
-    # refreshed from it every GAUGE_PERIOD_S (``tick``), not per message (the high-watermark
-    # lookup and the gauge cost ~3 % of the event loop at 100 ms chunks, bench/README.md
-    # section 17)
+    # refreshed from it with the pipeline's other gauges (at most every GAUGE_PERIOD_S), not
+    # per message (the high-watermark lookup and the gauge cost ~3 % of the event loop at
+    # 100 ms chunks, bench/README.md section 17)
     last_offset: dict = {}
-    lag_refreshed_at = -1e9
 
     def refresh_lag() -> None:
         for tp, offset in last_offset.items():
@@ -499,6 +503,8 @@ def create_app(settings: Settings, model_bundle=None):
             except Exception:  # highwater unknown before the first fetch response
                 continue
             metrics.labelled(metrics.consumer_lag, str(tp.partition)).set(max(0, lag))
+
+    pipeline.gauge_hooks.append(refresh_lag)
 
     @app.agent(audio, name="sernet-windows", concurrency=1)
     async def consume(stream):
@@ -532,24 +538,20 @@ def create_app(settings: Settings, model_bundle=None):
 
     @app.timer(0.1)
     async def tick() -> None:
-        nonlocal lag_refreshed_at
         if pipeline.started:
             await pipeline.tick()
-        now = time.monotonic()
-        if now - lag_refreshed_at >= GAUGE_PERIOD_S:
-            lag_refreshed_at = now
-            refresh_lag()
 
     held: set = set()
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app_, revoked, **kwargs) -> None:  # noqa: ARG001
+        for tp in revoked:  # before the pipeline's forced gauge refresh
+            last_offset.pop(tp, None)
         pipeline.on_revoked(revoked)
         for tp in revoked:
             held.discard(tp)
             if tp.topic == settings.input_topic:
                 # no stale lag series for partitions this worker no longer reads
-                last_offset.pop(tp, None)
                 metrics.unlabel(metrics.consumer_lag, str(tp.partition))
         metrics.assigned_partitions.set(len(held))
 
