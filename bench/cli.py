@@ -98,14 +98,18 @@ def frontend(chunk_ms: int, hop_s: float, quick: bool, repeats: int, as_json: bo
               envvar="SERNET_BENCH_LOCKSTEP", show_envvar=True,
               help="Start every speaker at the same instant (worst-case bursts) instead of at "
                    "phases spread over one hop.")
+@click.option("--confirm", type=click.IntRange(0, 10), default=2, show_default=True,
+              envvar="SERNET_BENCH_CONFIRM", show_envvar=True,
+              help="Capacity search: run the largest passing N this many more times; it stands "
+                   "only if most of its runs pass, else the search continues below it.")
 @json_options
 def pipeline(artifact: Path | None, workers: int, speakers: int | None, chunk_ms: int,
-             audio_s: float, lockstep: bool, quick: bool, repeats: int, as_json: bool,
-             save: str | None) -> None:
+             audio_s: float, lockstep: bool, confirm: int, quick: bool, repeats: int,
+             as_json: bool, save: str | None) -> None:
     """Simulated real-time speakers through tansu and real `sernet worker` processes."""
     from bench.pipeline import run
 
     result = run(_resolve_artifact(artifact), workers=workers, speakers=speakers,
                  chunk_ms=chunk_ms, audio_s=audio_s, quick=quick, repeats=repeats,
-                 lockstep=lockstep, log=lambda m: click.echo(m, err=True))
+                 confirm=confirm, lockstep=lockstep, log=lambda m: click.echo(m, err=True))
     emit(result, as_json, save)

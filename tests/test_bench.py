@@ -89,3 +89,68 @@ def test_bench_help_names_env_vars() -> None:
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     assert "SERNET_BENCH_ARTIFACT" in proc.stdout and "SERNET_BENCH_JSON" in proc.stdout
+
+
+def _table_search(p99s: dict[int, list[float]], **kw) -> tuple[dict, list[int]]:
+    """``search_capacity`` over a table of p99s per N, each N's runs answered in order (the
+    last one repeats): a stand-in for real pipeline runs, whose p99 is a noisy sample."""
+    from bench.pipeline import P99_LIMIT_MS, search_capacity
+
+    calls: dict[int, int] = {}
+    order: list[int] = []
+
+    def step(n: int) -> dict:
+        seq = p99s.get(n) or p99s[max(k for k in p99s if k <= n)]
+        i = calls.get(n, 0)
+        calls[n] = i + 1
+        order.append(n)
+        return {"speakers": n, "p99": seq[min(i, len(seq) - 1)]}
+
+    found = search_capacity(step, lambda r: r["p99"] <= P99_LIMIT_MS, start=32, limit=2048, **kw)
+    assert [r["speakers"] for r in found["steps"]] == order
+    return found, order
+
+
+def test_capacity_search_bisects_between_last_pass_and_first_fail() -> None:
+    # p99 rises with N: 32..256 pass, 512 fails; bisection stops within 352 // 8 = 44
+    table = {32: [50], 64: [60], 128: [80], 256: [120], 320: [200], 384: [300], 512: [900]}
+    found, order = _table_search(table)
+    assert order == [32, 64, 128, 256, 512, 384, 320, 352]
+    assert found["max_speakers"] == 352 and found["first_failing"] == 384
+    assert found["rejected"] == []
+
+
+def test_capacity_search_rejects_a_candidate_that_passed_by_luck() -> None:
+    # 256 passes once, then fails both confirmations: the answer is 128, confirmed by repeats
+    table = {32: [50], 64: [60], 128: [100, 110, 240], 256: [200, 300, 400], 512: [900]}
+    found, order = _table_search(table, bisect=False, confirm=2)
+    assert order == [32, 64, 128, 256, 512, 256, 256, 128, 128]
+    assert found["max_speakers"] == 128 and found["first_failing"] == 256
+    assert found["rejected"] == [{"speakers": 256, "passed": 1, "runs": 3}]
+
+
+def test_capacity_search_keeps_a_candidate_most_of_whose_runs_pass() -> None:
+    table = {32: [50], 64: [60], 128: [100], 256: [200, 260, 240], 512: [900]}
+    found, order = _table_search(table, bisect=False, confirm=2)
+    assert order == [32, 64, 128, 256, 512, 256, 256]
+    assert found["max_speakers"] == 256 and found["rejected"] == []
+
+
+def test_capacity_search_bisects_again_below_a_rejected_candidate() -> None:
+    # 320 and 352 pass in the search but fail their repeats: each is rejected in turn and the
+    # search goes on below them, between 256 and 320
+    table = {32: [50], 256: [120], 288: [230], 320: [240, 300, 300], 352: [245, 280, 300],
+             384: [300], 512: [900]}
+    found, order = _table_search(table, confirm=2)
+    assert order[:8] == [32, 64, 128, 256, 512, 384, 320, 352]
+    assert order[8:] == [352, 352, 320, 320, 288, 288, 288]  # 288 is within 288 // 8 of 320
+    assert found["max_speakers"] == 288 and found["first_failing"] == 320
+    assert found["rejected"] == [{"speakers": 352, "passed": 1, "runs": 3},
+                                 {"speakers": 320, "passed": 1, "runs": 3}]
+
+
+def test_capacity_search_goes_below_its_start_and_reports_zero_if_nothing_passes() -> None:
+    found, order = _table_search({1: [100], 16: [400]}, confirm=1)
+    assert order == [32, 16, 8, 8] and found["max_speakers"] == 8
+    found, order = _table_search({1: [400]}, confirm=2)
+    assert order == [32, 16, 8] and found["max_speakers"] == 0 and found["first_failing"] == 8
