@@ -251,7 +251,40 @@ async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarr
         "worker_thread_cpu_ms_per_window": _thread_split(threads0, threads1, max(1, got)),
         "bench_process_cores": round((own1 - own0) / wall, 3),
         "producer_late_sends": late_sends, "send_s": round(t_end - t0, 2),
+        "wall_s": round(wall, 3),
     }
+
+
+def metric_total(text: str, name: str) -> float:
+    """Sum of the samples called ``name`` (any labels) in a Prometheus text exposition."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def scorer_batches(web_ports: list[int], wall_s: float) -> dict[str, float] | None:
+    """How the workers' scoring threads were fed in a step (``sernet_batch_size``, scraped
+    from each worker's /metrics): batches, windows, mean windows per batch and batches per
+    second per worker; None if a worker did not answer."""
+    import urllib.request
+
+    batches = windows = 0.0
+    for port in web_ports:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return None
+        batches += metric_total(text, "sernet_batch_size_count")
+        windows += metric_total(text, "sernet_batch_size_sum")
+    if not batches:
+        return None
+    return {"batches": int(batches), "windows": int(windows),
+            "mean_batch": round(windows / batches, 2),
+            "batches_per_s_per_worker": round(batches / len(web_ports) / wall_s, 2),
+            "windows_per_s_per_worker": round(windows / len(web_ports) / wall_s, 2)}
 
 
 def _thread_split(before: dict, after: dict, windows: int) -> dict[str, float]:
@@ -272,11 +305,14 @@ def _thread_split(before: dict, after: dict, windows: int) -> dict[str, float]:
 
 
 def bare_cpu_per_window(artifact_dir: Path, batch: int, audio: np.ndarray, calls: int = 6,
-                        streaming: bool = False, run_batch: int | None = None) -> float:
+                        streaming: bool = False, run_batch: int | None = None,
+                        gap_s: float = 0.0) -> float:
     """CPU seconds per window of the bare frontend + int8 ``EmotionModel`` at ``batch``
     (``run_batch`` windows per onnxruntime call, 1 onnxruntime thread, BLAS limited to 1 thread
     like the worker): ``batch_features``, or with ``streaming`` the worker's ``WindowScorer``
-    (mel rows shared by consecutive windows of each of ``batch`` speakers, frame-aligned hop)."""
+    (mel rows shared by consecutive windows of each of ``batch`` speakers, frame-aligned hop).
+    ``gap_s``: sleep before each batch (the *paced* bare cost: on shared VMs a call after a
+    pause costs up to 1.5x one right after another, bench/README.md sections 17-18)."""
     from worker.frontend import FrontendConfig, batch_features
     from worker.model import EmotionModel
     from worker.scoring import WindowScorer
@@ -302,13 +338,35 @@ def bare_cpu_per_window(artifact_dir: Path, batch: int, audio: np.ndarray, calls
     ctx = threadpool_limits(1) if threadpool_limits else None
     try:
         one(0)
-        c0 = time.process_time()
+        cpu = 0.0
         for step in range(1, calls + 1):
+            if gap_s:
+                time.sleep(gap_s)
+            c0 = time.process_time()
             one(step)
-        return (time.process_time() - c0) / (calls * batch)
+            cpu += time.process_time() - c0
+        return cpu / (calls * batch)
     finally:
         if ctx is not None:
             ctx.unregister()
+
+
+def paced_bare(artifact_dir: Path, audio: np.ndarray, fed: dict[str, float],
+               back_to_back_s: float, run_batch: int | None = None) -> dict[str, float]:
+    """The streaming bare cost fed as the run fed a worker's scoring thread: batches of the
+    run's mean size (windows per batch; lead-only batches of first windows count too) at the
+    run's window rate (the pause before each batch is the interval less the batch's own
+    back-to-back cost). Not the efficiency figure, which the issue defines
+    against the back-to-back bare cost: this one says how much of the scoring thread's excess
+    over it is the machine's price of pausing rather than the worker's code."""
+    batch = max(1, round(fed["mean_batch"]))
+    interval_s = batch / max(fed["windows_per_s_per_worker"], 1e-3)
+    gap_s = max(0.0, interval_s - batch * back_to_back_s)
+    calls = max(6, min(40, int(4.0 / interval_s)))  # at most ~4 s of pauses
+    cpu = bare_cpu_per_window(artifact_dir, batch, audio, calls=calls, streaming=True,
+                              run_batch=run_batch, gap_s=gap_s)
+    return {"batch": batch, "interval_ms": round(interval_s * 1000, 2),
+            "gap_ms": round(gap_s * 1000, 2), "cpu_ms_per_window": round(cpu * 1000, 3)}
 
 
 def efficiency_at_capacity(per_size: dict[str, Any], bare_s: float,
@@ -424,6 +482,8 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
                     _Sampler([p.proc.pid for p in procs]) as sampler:
                 r = asyncio.run(_step(base, n, size, audio_s, audio, sampler, window_s, hop_s,
                                       lockstep))
+                r["scorer_batches"] = scorer_batches([p.settings.web_port for p in procs],
+                                                     r["wall_s"])
         r["peak_rss_mb"] = round(sampler.peak_rss / 2**20, 1)
         peak_rss = max(peak_rss, r["peak_rss_mb"])
         return r
@@ -444,6 +504,15 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
         log(f"    efficiency {r['efficiency']}: worker {r['worker_cpu_ms_per_window']} / bare "
             f"{r['bare_cpu_ms_per_window']} CPU-ms per window (streaming bare "
             f"{r['bare_streaming_cpu_ms_per_window']})")
+        fed = r.get("scorer_batches")
+        if fed:
+            r["paced_bare"] = paced = paced_bare(artifact_dir, audio, fed, bare_streaming,
+                                                 run_batch)
+            scoring = r["worker_thread_cpu_ms_per_window"]["scoring"]
+            r["scoring_vs_paced_bare"] = round(scoring / paced["cpu_ms_per_window"], 3)
+            log(f"    paced: batches of {paced['batch']} every {paced['interval_ms']} ms cost "
+                f"{paced['cpu_ms_per_window']} CPU-ms per window bare; the worker's scoring "
+                f"thread {scoring} ({r['scoring_vs_paced_bare']}x)")
         return r
 
     with tempfile.TemporaryDirectory(prefix="sernet-bench-") as tmp:

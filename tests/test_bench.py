@@ -82,6 +82,11 @@ def test_bench_pipeline_fixed_n_json(artifact: Path) -> None:
         run["worker_cpu_ms_per_window"] / run["bare_cpu_ms_per_window"], rel=1e-3)
     assert out["efficiency_runs"]["n"] == 1 and out["efficiency"] == run["efficiency"]
     assert out["bare_cpu_ms_per_window"] == run["bare_cpu_ms_per_window"]
+    # the worker's own batch histogram: every event's window went through its scoring thread
+    fed = run["scorer_batches"]
+    assert fed["windows"] >= run["events"] and fed["batches"] >= 1
+    paced = run["paced_bare"]
+    assert paced["batch"] >= 1 and paced["gap_ms"] > 0 and paced["cpu_ms_per_window"] > 0
 
 
 def test_bench_help_names_env_vars() -> None:
@@ -154,3 +159,17 @@ def test_capacity_search_goes_below_its_start_and_reports_zero_if_nothing_passes
     assert order == [32, 16, 8, 8] and found["max_speakers"] == 8
     found, order = _table_search({1: [400]}, confirm=2)
     assert order == [32, 16, 8] and found["max_speakers"] == 0 and found["first_failing"] == 8
+
+
+def test_metric_total_sums_one_metric_over_its_labels_only() -> None:
+    from bench.pipeline import metric_total
+
+    text = ("# HELP sernet_batch_size Windows per inference batch.\n"
+            "sernet_batch_size_count 12.0\n"
+            "sernet_batch_size_sum 30.0\n"
+            'sernet_windows_total{kind="full"} 7.0\n'
+            'sernet_windows_total{kind="final"} 2.0\n'
+            "sernet_windows_total_created 1.7e9\n")
+    assert metric_total(text, "sernet_batch_size_count") == 12.0
+    assert metric_total(text, "sernet_windows_total") == 9.0
+    assert metric_total(text, "sernet_missing") == 0.0
