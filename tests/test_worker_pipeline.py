@@ -230,6 +230,33 @@ def test_unconfirmed_delivery_is_sent_again_not_awaited_forever(bundle, monkeypa
     assert calls == [b"hung", b"ok", b"hung"]
 
 
+def test_send_that_never_enqueues_is_bounded_and_sent_again(bundle, monkeypatch):
+    """A send that does not even return its delivery future (the producer waiting on a broker
+    that is gone) is abandoned after the delivery timeout and the event sent again; the events
+    after it still go out, in order."""
+    import worker.app as app_module
+
+    monkeypatch.setattr(app_module, "DELIVERY_TIMEOUT_S", 0.05)
+    h = Harness(bundle)
+    calls: list[bytes] = []
+
+    async def send(topic, key, value):
+        calls.append(value)
+        if value == b"stuck" and calls.count(value) == 1:
+            await asyncio.sleep(30)  # cancelled by the timeout
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    h.pipeline.send = send
+
+    async def go():
+        await asyncio.wait_for(h.pipeline._publish([("t", b"k", b"stuck"), ("t", b"k", b"next")]), 5)
+
+    asyncio.run(go())
+    assert calls == [b"stuck", b"next", b"stuck"]
+
+
 def test_revoked_partition_replay_of_finished_speaker_is_scored_again(bundle):
     """A speaker that ended just before its partition was revoked: the new assignment replays
     its uncommitted chunks (the broker lost the commit, as tansu's in-memory restart does) and

@@ -320,9 +320,8 @@ class Pipeline:
             results: list[Any] = []
             futures = []
             for topic, key, value in pending:
-                try:  # bounded: Faust's send may wait up to its producer request timeout (20 min)
-                    futures.append(await asyncio.wait_for(self.send(topic, key, value),
-                                                          DELIVERY_TIMEOUT_S))
+                try:  # bounded: a send may wait up to the producer's request timeout (20 min)
+                    futures.append(await _bounded(self.send(topic, key, value), DELIVERY_TIMEOUT_S))
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # enqueue failed: retry this one
@@ -403,6 +402,18 @@ class Pipeline:
         self._gauges(force=True)
 
 
+async def _bounded(coro, timeout_s: float) -> Any:
+    """``await coro`` within ``timeout_s`` (TimeoutError after it). ``asyncio.timeout`` runs the
+    coroutine in this task; ``asyncio.wait_for`` (Python 3.10) wraps it in a task of its own,
+    and that yield per event also let the producer send one request per event instead of one
+    per batch of events: 140-200 -> 30-50 CPU-us per event (bench/README.md, section 18)."""
+    timeout = getattr(asyncio, "timeout", None)
+    if timeout is None:  # Python 3.10
+        return await asyncio.wait_for(coro, timeout_s)
+    async with timeout(timeout_s):
+        return await coro
+
+
 def _delivery_outcome(fut: asyncio.Future, late: set) -> Any:
     """A send future's result, or the exception that makes :meth:`Pipeline._publish` retry it."""
     if fut in late:
@@ -476,11 +487,14 @@ def create_app(settings: Settings, model_bundle=None):
     )
     audio = app.topic(settings.input_topic, value_serializer="raw", key_serializer="raw",
                       allow_empty=True)
-    out_topics = {name: app.topic(name, value_serializer="raw", key_serializer="raw")
-                  for name in (settings.output_topic, settings.dlq_topic)}
 
     async def send(topic: str, key: bytes | None, value: bytes):
-        return await out_topics[topic].send(key=key, value=value)  # FutureMessage
+        # Faust's producer (started at boot, before the agents) rather than ``Topic.send``:
+        # the same aiokafka send, partitioner and delivery future, without Faust's per-message
+        # PendingMessage/FutureMessage, serializer lookups, sensors and callbacks (bench/README.md
+        # section 18); the topics exist already (``run_worker`` creates them)
+        return await app.producer.send(topic, key, value, partition=None, timestamp=None,
+                                       headers=None)  # a future of RecordMetadata
 
     metrics = Metrics()
     pipeline = Pipeline(settings, model, frontend, send, model_info=info, metrics=metrics)
