@@ -48,6 +48,7 @@ import numpy as np
 from schemas import (AudioChunk, DeadLetter, EmotionEvent, ModelInfo, SchemaError, decode_audio_chunk,
                      encode, make_event_id, message_key, parse_message_key)
 from sernet.settings import Settings
+from worker.aio import bounded
 from worker.faust_patches import patch_eager_delivery, patch_fetch_max_wait
 from worker.frontend import FrontendConfig
 from worker.logs import get_logger
@@ -321,7 +322,7 @@ class Pipeline:
             futures = []
             for topic, key, value in pending:
                 try:  # bounded: a send may wait up to the producer's request timeout (20 min)
-                    futures.append(await _bounded(self.send(topic, key, value), DELIVERY_TIMEOUT_S))
+                    futures.append(await bounded(self.send(topic, key, value), DELIVERY_TIMEOUT_S))
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # enqueue failed: retry this one
@@ -400,18 +401,6 @@ class Pipeline:
         self.offsets.revoke(tps)
         log.info("partitions_revoked", partitions=len(tps), speakers_dropped=dropped)
         self._gauges(force=True)
-
-
-async def _bounded(coro, timeout_s: float) -> Any:
-    """``await coro`` within ``timeout_s`` (TimeoutError after it). ``asyncio.timeout`` runs the
-    coroutine in this task; ``asyncio.wait_for`` (Python 3.10) wraps it in a task of its own,
-    and that yield per event also let the producer send one request per event instead of one
-    per batch of events: 140-200 -> 30-50 CPU-us per event (bench/README.md, section 18)."""
-    timeout = getattr(asyncio, "timeout", None)
-    if timeout is None:  # Python 3.10
-        return await asyncio.wait_for(coro, timeout_s)
-    async with timeout(timeout_s):
-        return await coro
 
 
 def _delivery_outcome(fut: asyncio.Future, late: set) -> Any:

@@ -21,6 +21,7 @@ from typing import Awaitable, Callable, Sequence
 
 import numpy as np
 
+from worker.aio import bounded
 from worker.frontend import FrontendConfig, batch_features, features_from_mel
 from worker.logs import get_logger
 from worker.streaming_frontend import WindowMelCache
@@ -167,7 +168,7 @@ class BatchScorer:
             if remaining <= 0:
                 break
             try:
-                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                batch.append(await bounded(self.queue.get(), remaining))
             except asyncio.TimeoutError:
                 break
         return batch

@@ -1,0 +1,63 @@
+"""BatchScorer's batching: a batch is cut when ``batch_size`` windows wait or ``batch_wait_s``
+after its first window, whichever comes first; nothing is lost or reordered."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from worker.scoring import BatchScorer
+
+
+class _Scorer:
+    def lead_and_score(self, items):
+        return list(items), np.zeros((len(items), 7), dtype=np.float32)
+
+
+def _run(feed, *, batch_size: int, batch_wait_s: float, seen_at: list | None = None) -> list[list]:
+    """Batches the scorer saw for ``feed``: (delay before the put, item) pairs; ``seen_at``
+    gets each batch's callback time, seconds from the start."""
+    seen_at = [] if seen_at is None else seen_at
+    batches: list[list] = []
+    t0 = None
+
+    async def on_scored(windows, scores):
+        assert scores.shape == (len(windows), 7)
+        batches.append(windows)
+        seen_at.append(asyncio.get_running_loop().time() - t0)
+
+    async def go():
+        nonlocal t0
+        t0 = asyncio.get_running_loop().time()
+        bs = BatchScorer(_Scorer(), on_scored, batch_size=batch_size, batch_wait_s=batch_wait_s)
+        bs.start()
+        for delay, item in feed:
+            if delay:
+                await asyncio.sleep(delay)
+            await bs.put(item)
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if bs.idle:
+                break
+        await bs.stop()
+
+    asyncio.run(go())
+    return batches
+
+
+def test_windows_arriving_within_the_wait_share_one_batch() -> None:
+    batches = _run([(0, "a"), (0.01, "b"), (0.01, "c")], batch_size=32, batch_wait_s=0.3)
+    assert batches == [["a", "b", "c"]]
+
+
+def test_a_full_batch_is_cut_at_once_and_the_rest_follows_in_order() -> None:
+    seen_at: list[float] = []
+    batches = _run([(0, i) for i in range(6)], batch_size=4, batch_wait_s=0.5, seen_at=seen_at)
+    assert batches == [[0, 1, 2, 3], [4, 5]]
+    assert seen_at[0] < 0.25 <= 0.5 <= seen_at[1]  # the full one did not wait, the rest did
+
+
+def test_a_window_after_the_wait_starts_a_new_batch() -> None:
+    batches = _run([(0, "a"), (0.25, "b")], batch_size=32, batch_wait_s=0.05)
+    assert batches == [["a"], ["b"]]
