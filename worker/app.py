@@ -314,29 +314,37 @@ class Pipeline:
         """Enqueue every message in order (a speaker's events stay ordered in its partition),
         then await all deliveries; failures are re-sent until delivered, because an undelivered
         event must not release offsets (a retried message may then arrive out of order or twice:
-        at-least-once, same event_id)."""
+        at-least-once, same event_id). The enqueues share one bound: once it passes, the
+        messages not enqueued yet are sent again with the failed ones, in their order."""
         pending = list(items)
         delay = 0.1
         while pending:
-            results: list[Any] = []
-            futures = []
-            for topic, key, value in pending:
-                try:  # bounded: a send may wait up to the producer's request timeout (20 min)
-                    futures.append(await bounded(self.send(topic, key, value), DELIVERY_TIMEOUT_S))
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # enqueue failed: retry this one
-                    futures.append(None)
-                    results.append((len(futures) - 1, exc))
+            futures: list[Any] = [None] * len(pending)
+            outcome: list[Any] = [None] * len(pending)
+
+            async def enqueue_all(batch: list[tuple[str, bytes | None, bytes]]) -> None:
+                for i, (topic, key, value) in enumerate(batch):
+                    try:
+                        futures[i] = await self.send(topic, key, value)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # enqueue failed: retry this one
+                        outcome[i] = exc
+
+            try:  # bounded: a send may wait up to the producer's request timeout (20 min);
+                # one bound for the batch's enqueues (one timer, not one per event)
+                await bounded(enqueue_all(pending), DELIVERY_TIMEOUT_S)
+            except asyncio.TimeoutError as exc:  # those not enqueued by then are sent again
+                for i, fut in enumerate(futures):
+                    if fut is None and outcome[i] is None:
+                        outcome[i] = exc
             sent = [f for f in futures if f is not None]
             # a send that stays unconfirmed must not block the agent for good: bound the wait
             # and send the unconfirmed ones again
             late = (await asyncio.wait(sent, timeout=DELIVERY_TIMEOUT_S))[1] if sent else set()
-            waited = [_delivery_outcome(f, late) for f in sent]
-            it = iter(waited)
-            outcome = [next(it) if f is not None else None for f in futures]
-            for i, exc in results:
-                outcome[i] = exc
+            for i, fut in enumerate(futures):
+                if fut is not None:
+                    outcome[i] = _delivery_outcome(fut, late)
             failed = [item for item, r in zip(pending, outcome) if isinstance(r, BaseException)]
             if failed:
                 log.error("publish_failed_retrying", failed=len(failed), error=repr(
