@@ -400,7 +400,7 @@ def search_capacity(step: Callable[[int], dict[str, Any]], ok: Callable[[dict[st
     that passed), confirming the next candidate the same way. Pure apart from ``step``: the
     bench's steps are real runs, the tests' a table.
 
-    Returns ``max_speakers`` (0 if even ``start`` failed), ``first_failing`` (the smallest N
+    Returns ``max_speakers`` (0 if no N passed; below ``start`` it bisects too), ``first_failing`` (the smallest N
     known to fail, or None), ``rejected`` (candidates that failed their confirmation, with
     their runs' pass count) and ``steps`` (every run, in order)."""
     steps: list[dict[str, Any]] = []
