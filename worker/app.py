@@ -489,7 +489,7 @@ def create_app(settings: Settings, model_bundle=None):
         # Faust's producer (started at boot, before the agents) rather than ``Topic.send``:
         # the same aiokafka send, partitioner and delivery future, without Faust's per-message
         # PendingMessage/FutureMessage, serializer lookups, sensors and callbacks (bench/README.md
-        # section 18); the topics exist already (``run_worker`` creates them)
+        # section 18); the topics exist already (``run_worker`` or the deployment's topic job)
         return await app.producer.send(topic, key, value, partition=None, timestamp=None,
                                        headers=None)  # a future of RecordMetadata
 
