@@ -45,6 +45,8 @@ class Settings:
     fetch_max_wait_ms: int = 50
     fetch_min_bytes: int = 65536
     producer_linger_ms: float = 0.0
+    stream_yield_every: int = 32
+    stream_fast_path: int = 1
     # -- security (every Kafka client: producers, worker, events tail)
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
@@ -78,6 +80,10 @@ class Settings:
 
         if not self.broker_url:
             raise bad("broker_url", "must not be empty")
+        if self.stream_yield_every < 1:
+            raise bad("stream_yield_every", "must be >= 1")
+        if self.stream_fast_path not in (0, 1):
+            raise bad("stream_fast_path", "must be 0 or 1")
         if self.fetch_max_wait_ms < 0:
             raise bad("fetch_max_wait_ms", "must be >= 0")
         if self.fetch_min_bytes < 1:
@@ -197,6 +203,8 @@ FIELDS: dict[str, FieldSpec] = {
     "fetch_max_wait_ms": FieldSpec("SERNET_FETCH_MAX_WAIT_MS", int, "Longest time the broker may hold a worker's fetch, milliseconds (Faust hard-codes 1500)."),
     "fetch_min_bytes": FieldSpec("SERNET_FETCH_MIN_BYTES", int, "Bytes the broker should gather before answering a worker's fetch (up to fetch_max_wait_ms): fewer, larger fetches under load (~5 % less worker CPU at 320-512 speakers); 1 answers at once (lowest latency when idle)."),
     "producer_linger_ms": FieldSpec("SERNET_PRODUCER_LINGER_MS", float, "How long the worker's producer gathers emotion events into one produce request, milliseconds (Faust's default 0: a request per event)."),
+    "stream_yield_every": FieldSpec("SERNET_STREAM_YIELD_EVERY", int, "The worker's stream gives the event loop a turn every this many chunks (or 2 ms); 1 is Faust's own turn per chunk."),
+    "stream_fast_path": FieldSpec("SERNET_STREAM_FAST_PATH", int, "1: Faust's opt-in cython_optimizations (the stream takes queued chunks without awaiting the channel per chunk); 0: Faust's default."),
     "security_protocol": FieldSpec("SERNET_SECURITY_PROTOCOL", _upper, "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."),
     "sasl_mechanism": FieldSpec("SERNET_SASL_MECHANISM", lambda r: _upper(r) or None, "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."),
     "sasl_username": FieldSpec("SERNET_SASL_USERNAME", _opt_str, "SASL user name."),

@@ -165,3 +165,115 @@ def test_drop_monitor_sensor():
     assert drop_monitor_sensor(app) is True
     assert app.monitor not in set(app.sensors) and other in set(app.sensors)
     assert drop_monitor_sensor(app) is False  # idempotent
+
+
+# -- patch_stream_yield: Faust's compiled StreamIterator and its per-message sleep(0)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_paced_sleep_yields_every_nth_call_or_after_max_ms():
+    from worker.faust_patches import _DONE, paced_sleep
+
+    real = []
+
+    def real_sleep(delay, *args, **kwargs):
+        real.append(delay)
+        return "real"
+
+    clock = FakeClock()
+    sleep = paced_sleep(real_sleep, every=4, max_ms=2.0, clock=clock)
+    got = [sleep(0) for _ in range(8)]
+    assert got == [_DONE] * 3 + ["real"] + [_DONE] * 3 + ["real"]
+    clock.now += 0.0025  # over 2 ms since the last yield: the next call yields
+    assert sleep(0) == "real"
+    assert sleep(0) is _DONE
+    assert sleep(0.5) == "real" and real[-1] == 0.5  # a real delay is never skipped
+    assert paced_sleep(real_sleep, every=1, max_ms=2.0, clock=clock)(0) == "real"
+
+
+def test_done_awaitable_finishes_without_an_event_loop_turn():
+    from worker.faust_patches import _DONE
+
+    async def main():
+        ran = []
+        asyncio.get_running_loop().call_soon(ran.append, 1)
+        for _ in range(3):
+            assert await _DONE is None
+        assert ran == []  # no turn of the loop yet
+        await asyncio.sleep(0)
+        assert ran == [1]
+
+    run(main)
+
+
+def make_stream(channel, conf):
+    """The attributes Faust's compiled StreamIterator reads from a stream, for plain values."""
+    from types import SimpleNamespace as NS
+
+    async def on_merge(value):
+        return value
+
+    app = NS(topics=NS(acks_enabled_for=None, _acking_topics=set()),
+             consumer=NS(_unacked_messages=set()), conf=conf)
+    return NS(channel=channel, app=app, loop=None, on_merge=on_merge,
+              _on_stream_event_in=None, _on_stream_event_out=None, _on_message_in=None,
+              _on_message_out=None, _skipped_value=object(), _processors=[],
+              enable_acks=False, _set_current_event=lambda event=None: None)
+
+
+def loop_turns_while_taking(every: int, n: int, fast_path: bool) -> tuple[list, int]:
+    """Take ``n`` queued values through the real compiled iterator with the patch at ``every``;
+    returns the values and how many event-loop turns happened meanwhile."""
+    import faust
+    from faust._cython.streams import StreamIterator
+
+    from worker.faust_patches import patch_stream_yield
+
+    async def main():
+        app = faust.App("sernet-test-yield", broker="kafka://127.0.0.1:1",
+                        cython_optimizations=fast_path)
+        chan = app.channel(maxsize=n + 1).__aiter__()  # what a Stream iterates
+        for i in range(n):
+            chan.queue.put_nowait(i)
+        it = StreamIterator(make_stream(chan, app.conf))
+        turns = [0]
+        stop = [False]
+
+        def tick():
+            turns[0] += 1
+            if not stop[0]:
+                asyncio.get_running_loop().call_soon(tick)
+
+        asyncio.get_running_loop().call_soon(tick)
+        got = [(await it.next())[0] for _ in range(n)]
+        stop[0] = True
+        return got, turns[0]
+
+    assert patch_stream_yield(every)
+    try:
+        return run(main)
+    finally:
+        patch_stream_yield(1)
+
+
+def test_the_compiled_stream_iterator_takes_the_paced_sleep():
+    import faust._cython.streams as cstreams
+
+    plain_values, plain_turns = loop_turns_while_taking(1, 64, fast_path=True)
+    paced_values, paced_turns = loop_turns_while_taking(32, 64, fast_path=True)
+    assert plain_values == paced_values == list(range(64))  # nothing lost, nothing reordered
+    assert plain_turns >= 64  # Faust's own: a loop turn per message
+    assert 1 <= paced_turns <= 4  # a turn every 32 messages: the loop still gets its turns
+    assert cstreams.sleep is asyncio.sleep  # every=1 put Faust's sleep back
+
+
+def test_without_the_fast_path_queued_values_still_arrive_in_order():
+    values, turns = loop_turns_while_taking(32, 40, fast_path=False)
+    assert values == list(range(40)) and turns >= 1

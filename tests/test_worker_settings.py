@@ -23,7 +23,9 @@ def test_env_and_overrides():
                                  {"SERNET_SECURITY_PROTOCOL": "SASL_PLAINTEXT"},
                                  {"SERNET_WINDOW_S": "1", "SERNET_HOP_S": "2"},
                                  {"SERNET_FETCH_MIN_BYTES": "0"}, {"SERNET_MODEL_BATCH": "0"},
-                                 {"SERNET_PRODUCER_LINGER_MS": "-1"}])
+                                 {"SERNET_PRODUCER_LINGER_MS": "-1"},
+                                 {"SERNET_STREAM_YIELD_EVERY": "0"},
+                                 {"SERNET_STREAM_FAST_PATH": "2"}])
 def test_invalid_settings_name_the_variable(env):
     with pytest.raises(SettingsError) as err:
         Settings.from_env(env)

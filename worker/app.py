@@ -49,7 +49,7 @@ from schemas import (AudioChunk, DeadLetter, EmotionEvent, ModelInfo, SchemaErro
                      encode, make_event_id, message_key, parse_message_key)
 from sernet.settings import Settings
 from worker.aio import bounded
-from worker.faust_patches import patch_eager_delivery, patch_fetch_max_wait
+from worker.faust_patches import patch_eager_delivery, patch_fetch_max_wait, patch_stream_yield
 from worker.frontend import FrontendConfig
 from worker.logs import get_logger
 from worker.metrics import Metrics
@@ -481,6 +481,7 @@ def create_app(settings: Settings, model_bundle=None):
         web_port=settings.web_port or 6066,
         web_bind="0.0.0.0",
         web_in_thread=False,
+        cython_optimizations=bool(settings.stream_fast_path),
     )
     audio = app.topic(settings.input_topic, value_serializer="raw", key_serializer="raw",
                       allow_empty=True)
@@ -498,6 +499,7 @@ def create_app(settings: Settings, model_bundle=None):
     app.sernet_pipeline = pipeline  # for tests and tools
     patch_fetch_max_wait()
     patch_eager_delivery()  # a message's hand-over to the stream without four tasks
+    patch_stream_yield(settings.stream_yield_every)  # not a loop turn per chunk
     app.sernet_fetch_max_wait_ms = settings.fetch_max_wait_ms
     app.sernet_fetch_min_bytes = settings.fetch_min_bytes
 

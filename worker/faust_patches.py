@@ -1,4 +1,4 @@
-"""Two narrow patches to faust-streaming's consumer, applied by :func:`worker.app.create_app`.
+"""Three narrow patches to faust-streaming, applied by :func:`worker.app.create_app`.
 
 * :func:`patch_fetch_max_wait`: the worker consumer's fetch wait and minimum fetch size become
   settings (Faust hard-codes a 1.5 s wait, which tansu holds in full when no data is there).
@@ -13,8 +13,14 @@
   that has to wait; it then continues from where it stopped, with the same cancellation on a
   suspended flow. Delivery CPU per 16 KB message, Faust alone: 250 -> 135 us
   (bench/README.md, section 15).
+* :func:`patch_stream_yield`: Faust's compiled stream iterator (``faust/_cython/streams.pyx``,
+  ``StreamIterator.next``) runs ``await asyncio.sleep(0)`` before *every* message it takes, one
+  full event-loop turn (a ``select`` and every ready callback) per chunk, where Faust's fetcher
+  yields every 100 messages. The patch keeps a yield every ``every`` messages or ``max_ms``
+  milliseconds, whichever comes first, so the loop stays fair, and otherwise hands back an
+  awaitable that is already done.
 
-Both patches are idempotent, leave every other use of the patched methods alone, and are
+The patches are idempotent, leave every other use of the patched methods alone, and are
 tested against the real classes (tests/test_faust_patches.py).
 """
 
@@ -134,3 +140,59 @@ def patch_eager_delivery() -> None:
     wait_first.__doc__ = eager_wait_first.__doc__
     Consumer.wait_first = wait_first
     Consumer._sernet_eager_delivery = True
+
+
+class _Done:
+    """An awaitable that completes at once with ``None``, without a loop turn."""
+
+    __slots__ = ()
+
+    def __await__(self):
+        return iter(())
+
+
+_DONE = _Done()
+
+
+def paced_sleep(real_sleep, every: int, max_ms: float, clock):
+    """A stand-in for ``asyncio.sleep`` whose ``sleep(0)`` yields to the loop only every
+    ``every``-th call, or once ``max_ms`` has passed since the last yield; any other delay is
+    ``real_sleep``'s. ``every <= 1`` yields every time (the plain behaviour)."""
+    state = [0, clock()]
+    limit_s = max_ms / 1000.0
+
+    def sleep(delay, *args, **kwargs):
+        if delay or args or kwargs or every <= 1:
+            return real_sleep(delay, *args, **kwargs)
+        state[0] += 1
+        now = clock()
+        if state[0] >= every or now - state[1] >= limit_s:
+            state[0] = 0
+            state[1] = now
+            return real_sleep(0)
+        return _DONE
+
+    sleep.sernet_paced = (every, max_ms)
+    return sleep
+
+
+def patch_stream_yield(every: int, max_ms: float = 2.0) -> bool:
+    """Replace the ``sleep`` that Faust's compiled ``StreamIterator`` awaits before each message
+    with :func:`paced_sleep`. Returns whether the compiled iterator is there (without it, or with
+    ``NO_CYTHON`` set, Faust's pure-Python iterator yields no such turn and nothing changes).
+    Setting it again replaces the pacing; ``every <= 1`` restores ``asyncio.sleep``."""
+    import time
+
+    try:
+        from faust._cython import streams as cstreams
+    except ImportError:  # pragma: no cover - the extension is optional
+        return False
+    from faust import streams as pystreams
+
+    if getattr(pystreams, "_CStreamIterator", None) is None:
+        return False
+    if every <= 1:
+        cstreams.sleep = asyncio.sleep
+    else:
+        cstreams.sleep = paced_sleep(asyncio.sleep, every, max_ms, time.monotonic)
+    return True
