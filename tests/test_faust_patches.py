@@ -277,3 +277,21 @@ def test_the_compiled_stream_iterator_takes_the_paced_sleep():
 def test_without_the_fast_path_queued_values_still_arrive_in_order():
     values, turns = loop_turns_while_taking(32, 40, fast_path=False)
     assert values == list(range(40)) and turns >= 1
+
+
+def test_create_app_applies_the_stream_settings():
+    import faust._cython.streams as cstreams
+
+    from sernet.settings import Settings
+    from worker.app import create_app
+
+    try:
+        app, _pipeline = create_app(Settings(stream_yield_every=8, stream_fast_path=1, web_port=0))
+        assert app.conf.cython_optimizations is True
+        assert cstreams.sleep.sernet_paced == (8, 2.0)
+        app, _pipeline = create_app(Settings(stream_yield_every=1, stream_fast_path=0, web_port=0))
+        assert app.conf.cython_optimizations is False and cstreams.sleep is asyncio.sleep
+    finally:
+        from worker.faust_patches import patch_stream_yield
+
+        patch_stream_yield(1)
