@@ -90,7 +90,9 @@ def frontend(chunk_ms: int, hop_s: float, quick: bool, repeats: int, as_json: bo
               envvar="SERNET_BENCH_SPEAKERS", show_envvar=True,
               help="Run only this many speakers (no search for the largest N).")
 @click.option("--chunk-ms", type=click.IntRange(20, 2000), default=100, show_default=True,
-              envvar="SERNET_BENCH_CHUNK_MS", show_envvar=True, help="Producer chunk size.")
+              envvar="SERNET_BENCH_CHUNK_MS", show_envvar=True,
+              help="Producer chunk size, for --speakers and --quick runs; the capacity search "
+                   "always measures both 100 and 500 ms chunks.")
 @click.option("--audio-s", type=click.FloatRange(4, 120), default=12.0, show_default=True,
               envvar="SERNET_BENCH_AUDIO_S", show_envvar=True,
               help="Seconds of real-time audio per speaker in each run.")
