@@ -20,8 +20,9 @@
   milliseconds, whichever comes first, so the loop stays fair, and otherwise hands back an
   awaitable that is already done.
 
-The patches are idempotent, leave every other use of the patched methods alone, and are
-tested against the real classes (tests/test_faust_patches.py).
+The patches are idempotent (the stream yield's pacing is whatever it was last set to), leave
+every other use of the patched code alone, and are tested against the real classes
+(tests/test_faust_patches.py).
 """
 
 from __future__ import annotations
@@ -157,12 +158,14 @@ _DONE = _Done()
 def paced_sleep(real_sleep, every: int, max_ms: float, clock):
     """A stand-in for ``asyncio.sleep`` whose ``sleep(0)`` yields to the loop only every
     ``every``-th call, or once ``max_ms`` has passed since the last yield; any other delay is
-    ``real_sleep``'s. ``every <= 1`` yields every time (the plain behaviour)."""
+    ``real_sleep``'s. ``every <= 1`` is ``real_sleep`` itself (the plain behaviour)."""
+    if every <= 1:
+        return real_sleep
     state = [0, clock()]
     limit_s = max_ms / 1000.0
 
     def sleep(delay, *args, **kwargs):
-        if delay or args or kwargs or every <= 1:
+        if delay or args or kwargs:
             return real_sleep(delay, *args, **kwargs)
         state[0] += 1
         now = clock()
@@ -178,9 +181,10 @@ def paced_sleep(real_sleep, every: int, max_ms: float, clock):
 
 def patch_stream_yield(every: int, max_ms: float = 2.0) -> bool:
     """Replace the ``sleep`` that Faust's compiled ``StreamIterator`` awaits before each message
-    with :func:`paced_sleep`. Returns whether the compiled iterator is there (without it, or with
-    ``NO_CYTHON`` set, Faust's pure-Python iterator yields no such turn and nothing changes).
-    Setting it again replaces the pacing; ``every <= 1`` restores ``asyncio.sleep``."""
+    with :func:`paced_sleep`. Returns whether the compiled iterator is there: without it, or with
+    ``NO_CYTHON`` set, Faust's pure-Python iterator keeps its turn per message (it holds its own
+    reference to ``asyncio.sleep``) and nothing changes. Setting it again replaces the pacing;
+    ``every <= 1`` restores ``asyncio.sleep``."""
     import time
 
     try:
@@ -191,8 +195,5 @@ def patch_stream_yield(every: int, max_ms: float = 2.0) -> bool:
 
     if getattr(pystreams, "_CStreamIterator", None) is None:
         return False
-    if every <= 1:
-        cstreams.sleep = asyncio.sleep
-    else:
-        cstreams.sleep = paced_sleep(asyncio.sleep, every, max_ms, time.monotonic)
+    cstreams.sleep = paced_sleep(asyncio.sleep, every, max_ms, time.monotonic)
     return True
