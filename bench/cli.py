@@ -104,14 +104,20 @@ def frontend(chunk_ms: int, hop_s: float, quick: bool, repeats: int, as_json: bo
               envvar="SERNET_BENCH_CONFIRM", show_envvar=True,
               help="Capacity search: run the largest passing N this many more times; it stands "
                    "only if most of its runs pass, else the search continues below it.")
+@click.option("--producer-linger-ms", type=click.IntRange(0, 200), default=2, show_default=True,
+              envvar="SERNET_BENCH_PRODUCER_LINGER_MS", show_envvar=True,
+              help="Linger of the load generator's producer (one producer for all speakers, "
+                   "like an edge gateway). The latency clock starts when a chunk is enqueued, "
+                   "so the linger counts against the p99.")
 @json_options
 def pipeline(artifact: Path | None, workers: int, speakers: int | None, chunk_ms: int,
-             audio_s: float, lockstep: bool, confirm: int, quick: bool, repeats: int,
-             as_json: bool, save: str | None) -> None:
+             audio_s: float, lockstep: bool, confirm: int, producer_linger_ms: int, quick: bool,
+             repeats: int, as_json: bool, save: str | None) -> None:
     """Simulated real-time speakers through tansu and real `sernet worker` processes."""
     from bench.pipeline import run
 
     result = run(_resolve_artifact(artifact), workers=workers, speakers=speakers,
                  chunk_ms=chunk_ms, audio_s=audio_s, quick=quick, repeats=repeats,
-                 confirm=confirm, lockstep=lockstep, log=lambda m: click.echo(m, err=True))
+                 confirm=confirm, lockstep=lockstep, producer_linger_ms=producer_linger_ms,
+                 log=lambda m: click.echo(m, err=True))
     emit(result, as_json, save)

@@ -133,7 +133,8 @@ def _workers(base, workers: int, log_dir: Path, extra_env: dict[str, str] | None
 
 async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarray,
                 sampler: _Sampler, window_s: float, hop_s: float,
-                lockstep: bool = False) -> dict[str, Any]:
+                lockstep: bool = False, broker_pid: int | None = None,
+                producer_linger_ms: int = 2) -> dict[str, Any]:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     from schemas.codec import decode_emotion_event, encode
@@ -161,7 +162,7 @@ async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarr
     kw = aiokafka_kwargs(settings)
     consumer = AIOKafkaConsumer(settings.output_topic, group_id=None, auto_offset_reset="latest",
                                 fetch_max_wait_ms=20, **kw)
-    producer = AIOKafkaProducer(linger_ms=2, max_batch_size=1 << 20, acks=1, **kw)
+    producer = AIOKafkaProducer(linger_ms=producer_linger_ms, max_batch_size=1 << 20, acks=1, **kw)
     await consumer.start()
     await producer.start()
     # make sure the consumer is positioned before the first event can exist
@@ -192,8 +193,10 @@ async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarr
                 done.set()
 
     consumer_task = asyncio.create_task(consume())
+    broker = _Sampler([broker_pid]) if broker_pid else None  # CPU only; not started
     cpu0, threads0 = sampler.cpu(), sampler.thread_cpu()
     machine0, own0 = _machine_busy_s(), _own_cpu_s()
+    broker0 = broker.cpu() if broker else 0.0
     late_sends = 0
     # a chunk is sent when its last sample was captured: speaker i's chunk seq at
     # t0 + phase[i] + (seq + 1) * chunk; sent in 5 ms slots
@@ -229,6 +232,7 @@ async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarr
             pass
         cpu1, threads1 = sampler.cpu(), sampler.thread_cpu()
         machine1, own1 = _machine_busy_s(), _own_cpu_s()
+        broker1 = broker.cpu() if broker else 0.0
         wall = time.time() - t0
     finally:
         done.set()
@@ -250,6 +254,8 @@ async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarr
         "machine_cores_busy": round((machine1 - machine0) / wall, 3),
         "worker_thread_cpu_ms_per_window": _thread_split(threads0, threads1, max(1, got)),
         "bench_process_cores": round((own1 - own0) / wall, 3),
+        # tansu shares the cores too (a deployment's Kafka runs elsewhere)
+        "broker_cores": round((broker1 - broker0) / wall, 3) if broker else None,
         "producer_late_sends": late_sends, "send_s": round(t_end - t0, 2),
         "wall_s": round(wall, 3),
     }
@@ -445,7 +451,7 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
         audio_s: float = 12.0, quick: bool = False, repeats: int = 1, confirm: int = 2,
         max_speakers: int = 2048,
         chunk_sizes: tuple[int, ...] | None = None, extra_env: dict[str, str] | None = None,
-        lockstep: bool = False,
+        lockstep: bool = False, producer_linger_ms: int = 2,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     from bench.frontend import speech_like
     from sernet.kafka import create_topics_sync
@@ -461,6 +467,7 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
     sizes = chunk_sizes or ((chunk_ms,) if (quick or speakers) else (100, 500))
     result: dict[str, Any] = {"bench": "pipeline", "quick": quick, "workers": workers,
                               "artifact": str(artifact_dir), "hop_s": hop_s, "lockstep": lockstep,
+                              "producer_linger_ms": producer_linger_ms,
                               "machine": machine()}
     peak_rss = 0.0
 
@@ -481,7 +488,8 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
             with _workers(base, workers, Path(tmp), extra_env) as procs, \
                     _Sampler([p.proc.pid for p in procs]) as sampler:
                 r = asyncio.run(_step(base, n, size, audio_s, audio, sampler, window_s, hop_s,
-                                      lockstep))
+                                      lockstep, broker_pid=broker.proc.pid,
+                                      producer_linger_ms=producer_linger_ms))
                 r["scorer_batches"] = scorer_batches([p.settings.web_port for p in procs],
                                                      r["wall_s"])
         r["peak_rss_mb"] = round(sampler.peak_rss / 2**20, 1)
@@ -522,6 +530,7 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
                 f"p50/p99 {r['latency_ms']['p50']}/{r['latency_ms']['p99']} ms, "
                 f"worker {r['worker_cpu_ms_per_speaker_s']} CPU-ms/speaker-s, RSS {r['peak_rss_mb']} MB; "
                 f"cores busy: worker {r['worker_cpu_share_of_wall']}, bench {r['bench_process_cores']}, "
+                f"broker {r['broker_cores']}, "
                 f"machine {r['machine_cores_busy']}")
             return r
 
