@@ -68,13 +68,15 @@ def test_bench_pipeline_fixed_n_json(artifact: Path) -> None:
     """Real tansu + a real worker process, 4 speakers: every window scored, and the run says
     what else loaded the machine (worker, bench process, whole machine)."""
     out = run_json("pipeline", "--artifact", str(artifact), "--speakers", "4", "--chunk-ms", "500",
-                   "--audio-s", "5", "--repeats", "1", timeout=300)
+                   "--audio-s", "5", "--repeats", "1", "--producer-linger-ms", "5", timeout=300)
+    assert out["producer_linger_ms"] == 5  # the load generator's batching, echoed for the record
     (run,) = out["per_chunk_ms"]["500"]["runs"]
     assert run["complete"] and run["events"] == run["expected_events"] > 0
     assert run["expected_events"] % 4 == 0  # the same full windows for each speaker
     assert run["latency_ms"]["p99"] > 0
     assert 0 < run["worker_cpu_share_of_wall"] <= run["machine_cores_busy"] + 0.05
     assert run["bench_process_cores"] > 0
+    assert run["broker_cores"] > 0  # tansu shares the machine's cores with the workers
     assert out["bare_batch"]["model_batch"] == 1
     assert out["efficiency_at_capacity"] == {}  # a fixed-N run searches no capacity
     # each run is compared with the bare cost measured right after it, not once per command
