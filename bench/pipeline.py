@@ -133,7 +133,7 @@ def _workers(base, workers: int, log_dir: Path, extra_env: dict[str, str] | None
 
 async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarray,
                 sampler: _Sampler, window_s: float, hop_s: float,
-                lockstep: bool = False, broker_pid: int | None = None,
+                broker_pid: int, lockstep: bool = False,
                 producer_linger_ms: int = 2) -> dict[str, Any]:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -193,10 +193,10 @@ async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarr
                 done.set()
 
     consumer_task = asyncio.create_task(consume())
-    broker = _Sampler([broker_pid]) if broker_pid else None  # CPU only; not started
+    broker = _Sampler([broker_pid])  # CPU only; not started
     cpu0, threads0 = sampler.cpu(), sampler.thread_cpu()
     machine0, own0 = _machine_busy_s(), _own_cpu_s()
-    broker0 = broker.cpu() if broker else 0.0
+    broker0 = broker.cpu()
     late_sends = 0
     # a chunk is sent when its last sample was captured: speaker i's chunk seq at
     # t0 + phase[i] + (seq + 1) * chunk; sent in 5 ms slots
@@ -232,7 +232,7 @@ async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarr
             pass
         cpu1, threads1 = sampler.cpu(), sampler.thread_cpu()
         machine1, own1 = _machine_busy_s(), _own_cpu_s()
-        broker1 = broker.cpu() if broker else 0.0
+        broker1 = broker.cpu()
         wall = time.time() - t0
     finally:
         done.set()
@@ -255,7 +255,7 @@ async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarr
         "worker_thread_cpu_ms_per_window": _thread_split(threads0, threads1, max(1, got)),
         "bench_process_cores": round((own1 - own0) / wall, 3),
         # tansu shares the cores too (a deployment's Kafka runs elsewhere)
-        "broker_cores": round((broker1 - broker0) / wall, 3) if broker else None,
+        "broker_cores": round((broker1 - broker0) / wall, 3),
         "producer_late_sends": late_sends, "send_s": round(t_end - t0, 2),
         "wall_s": round(wall, 3),
     }
@@ -488,7 +488,7 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
             with _workers(base, workers, Path(tmp), extra_env) as procs, \
                     _Sampler([p.proc.pid for p in procs]) as sampler:
                 r = asyncio.run(_step(base, n, size, audio_s, audio, sampler, window_s, hop_s,
-                                      lockstep, broker_pid=broker.proc.pid,
+                                      broker.proc.pid, lockstep,
                                       producer_linger_ms=producer_linger_ms))
                 r["scorer_batches"] = scorer_batches([p.settings.web_port for p in procs],
                                                      r["wall_s"])
