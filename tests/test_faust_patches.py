@@ -295,3 +295,101 @@ def test_create_app_applies_the_stream_settings():
         from worker.faust_patches import patch_stream_yield
 
         patch_stream_yield(1)
+
+
+# --------------------------------------------------------------------------- direct delivery
+
+
+def _direct_app(handler):
+    """A real worker app (not started) whose input topic goes to ``handler``, and a function
+    making messages of that topic for the app's current consumer generation."""
+    from faust.types import TP
+    from faust.types.tuples import ConsumerMessage
+
+    from sernet.settings import Settings
+    from worker.app import create_app
+
+    settings = Settings(web_port=0)
+    app, _pipeline = create_app(settings)
+    app.sernet_direct = {settings.input_topic: handler}
+    app.topics._acking_topics.add(settings.input_topic)  # what the subscription sets up
+    tp = TP(settings.input_topic, 0)
+
+    def message(offset: int, generation: int | None = None) -> ConsumerMessage:
+        gen = app.consumer_generation_id if generation is None else generation
+        return ConsumerMessage(tp.topic, tp.partition, offset, 0.0, 0, None, b"k", b"v", None,
+                       tp=tp, generation_id=gen)
+
+    return app, tp, message
+
+
+def test_create_app_routes_the_input_topic_to_the_pipeline_and_other_topics_to_faust():
+    from faust.types import TP
+
+    from sernet.settings import Settings
+    from worker.app import create_app
+
+    settings = Settings(web_port=0)
+    app, _pipeline = create_app(settings)
+    direct = app.topics._build_handler(TP(settings.input_topic, 3), set())
+    assert direct.sernet_direct is app.sernet_direct[settings.input_topic]
+    other = app.topics._build_handler(TP("some.other.topic", 0), set())
+    assert not hasattr(other, "sernet_direct")  # Faust's own (compiled) handler
+    app_off, _ = create_app(Settings(web_port=0, direct_delivery=0))
+    handler = app_off.topics._build_handler(TP(settings.input_topic, 3), set())
+    assert not hasattr(handler, "sernet_direct")  # back through the agent's stream
+
+
+def test_direct_delivery_hands_over_tracked_messages_and_skips_stale_generations():
+    got = []
+
+    async def handler(message):
+        got.append(message)
+
+    async def main():
+        app, tp, message = _direct_app(handler)
+        app.flow_control.resume()
+        on_message = app.topics._build_handler(tp, set())
+        fresh = message(7)
+        await on_message(fresh)
+        assert got == [fresh]
+        assert fresh.refcount == 1 and fresh.tracked  # one reference, held until acked
+        assert fresh in app.consumer._unacked_messages  # shutdown waits for its ack
+        stale = message(8, generation=app.consumer_generation_id - 1)
+        await on_message(stale)  # fetched before a rebalance: replayed from the commit
+        assert got == [fresh] and not stale.tracked and stale.refcount == 0
+        assert stale not in app.consumer._unacked_messages
+
+    run(main)
+
+
+def test_direct_delivery_waits_while_the_flow_is_suspended():
+    got = []
+
+    async def handler(message):
+        got.append(message.offset)
+
+    async def main():
+        app, tp, message = _direct_app(handler)
+        app.flow_control.resume()
+        on_message = app.topics._build_handler(tp, set())
+        app.flow_control.suspend()  # a rebalance in progress
+        pending = asyncio.ensure_future(on_message(message(1)))
+        await asyncio.sleep(0.05)
+        assert not pending.done() and got == []
+        app.flow_control.resume()
+        await asyncio.wait_for(pending, 1.0)
+        assert got == [1]
+
+    run(main)
+
+
+def test_direct_delivery_patch_installs_once():
+    from faust.transport.conductor import Conductor
+
+    from worker.faust_patches import patch_direct_delivery
+
+    patch_direct_delivery()
+    patched = Conductor._build_handler
+    patch_direct_delivery()
+    assert Conductor._build_handler is patched and Conductor._sernet_direct_delivery

@@ -49,7 +49,8 @@ from schemas import (AudioChunk, DeadLetter, EmotionEvent, ModelInfo, SchemaErro
                      encode, make_event_id, message_key, parse_message_key)
 from sernet.settings import Settings
 from worker.aio import bounded
-from worker.faust_patches import patch_eager_delivery, patch_fetch_max_wait, patch_stream_yield
+from worker.faust_patches import (patch_direct_delivery, patch_eager_delivery, patch_fetch_max_wait,
+                                  patch_stream_yield)
 from worker.frontend import FrontendConfig
 from worker.logs import get_logger
 from worker.metrics import Metrics
@@ -519,22 +520,31 @@ def create_app(settings: Settings, model_bundle=None):
 
     pipeline.gauge_hooks.append(refresh_lag)
 
+    async def deliver(message) -> None:
+        tp = message.tp
+        last_offset[tp] = message.offset
+        # the offset tracker holds the ack until the chunk's windows are delivered: it holds
+        # the message, not an event (the ack is what ``Event.ack`` does), and the payload is
+        # dropped once handled (the windowing copied the samples or keeps its own view of what
+        # it still needs), so ~3 s of every speaker's raw chunks do not stay in memory
+        # (bench/README.md, section 12)
+        await pipeline.handle(Incoming(key=message.key, value=message.value, topic=tp.topic,
+                                       partition=tp.partition, offset=message.offset,
+                                       ack=lambda m=message: m.ack(app.consumer),
+                                       tp=tp, received_at=time.monotonic()))
+        message.value = None
+
+    if settings.direct_delivery:
+        # the conductor hands each chunk to ``deliver`` itself, without Faust's Event,
+        # channel queue and stream per message (worker/faust_patches.py, bench/README.md
+        # section 21); the agent below still subscribes the topic and sees no messages
+        app.sernet_direct = {settings.input_topic: deliver}
+        patch_direct_delivery()
+
     @app.agent(audio, name="sernet-windows", concurrency=1)
     async def consume(stream):
         async for event in stream.noack().events():
-            message = event.message
-            tp = message.tp
-            last_offset[tp] = message.offset
-            # the offset tracker holds the ack until the chunk's windows are delivered: it
-            # holds the message, not the event (the ack is what ``Event.ack`` does), and the
-            # payload is dropped once handled (the windowing copied the samples or keeps its
-            # own view of what it still needs), so ~3 s of every speaker's raw chunks do not
-            # stay in memory (bench/README.md, section 12)
-            await pipeline.handle(Incoming(key=message.key, value=message.value, topic=tp.topic,
-                                           partition=tp.partition, offset=message.offset,
-                                           ack=lambda m=message: m.ack(app.consumer),
-                                           tp=tp, received_at=time.monotonic()))
-            message.value = None
+            await deliver(event.message)
 
     @app.task
     async def start_pipeline() -> None:

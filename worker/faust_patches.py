@@ -1,4 +1,4 @@
-"""Three narrow patches to faust-streaming, applied by :func:`worker.app.create_app`.
+"""Four narrow patches to faust-streaming, applied by :func:`worker.app.create_app`.
 
 * :func:`patch_fetch_max_wait`: the worker consumer's fetch wait and minimum fetch size become
   settings (Faust hard-codes a 1.5 s wait, which tansu holds in full when no data is there).
@@ -19,6 +19,14 @@
   yields every 100 messages. The patch keeps a yield every ``every`` messages or ``max_ms``
   milliseconds, whichever comes first, so the loop stays fair, and otherwise hands back an
   awaitable that is already done.
+* :func:`patch_direct_delivery`: a topic named in ``app.sernet_direct`` (``{topic: handler}``)
+  has its messages handed by the conductor straight to ``handler(message)``, the way an
+  agent's loop body would get them, without Faust's per-message Event, key/value
+  deserialisation, channel queue and stream iterator. Flow control, the generation check
+  (messages fetched before a rebalance are skipped, to be replayed from the committed offset)
+  and the consumer's ack tracking are Faust's, as in the stream; the handler acks each message
+  (``message.ack(consumer)``) when it is done with it. The agent that subscribes the topic
+  stays, so the subscription, start-up and rebalances are unchanged; it just sees no messages.
 
 The patches are idempotent (the stream yield's pacing is whatever it was last set to), leave
 every other use of the patched code alone, and are tested against the real classes
@@ -197,3 +205,47 @@ def patch_stream_yield(every: int, max_ms: float = 2.0) -> bool:
         return False
     cstreams.sleep = paced_sleep(asyncio.sleep, every, max_ms, time.monotonic)
     return True
+
+
+def direct_handler(app, handler):
+    """The conductor's per-partition callback for a direct topic: what Faust's stream does to a
+    message before the agent sees it (flow control, the producer buffer's ebb, the stale-
+    generation skip, ref count and ack tracking), then ``await handler(message)``."""
+    acquire_flow_control = app.flow_control.acquire
+    flow_active = app.flow_control.is_active
+    wait_until_producer_ebb = app.producer.buffer.wait_until_ebb
+    track_message = app.consumer.track_message
+    acks_enabled_for = app.topics.acks_enabled_for
+
+    async def on_message(message) -> None:
+        await acquire_flow_control()
+        await wait_until_producer_ebb()
+        if not flow_active() or message.generation_id != app.consumer_generation_id:
+            return  # fetched for an assignment that has ended: the new one replays it
+        message.incref()
+        if not message.tracked and acks_enabled_for(message.topic):
+            message.tracked = True
+            track_message(message)  # pending until acked: shutdown waits for it
+        await handler(message)
+
+    on_message.sernet_direct = handler
+    return on_message
+
+
+def patch_direct_delivery() -> None:
+    """Make ``Conductor._build_handler`` return :func:`direct_handler` for partitions of the
+    topics in ``app.sernet_direct``; every other topic keeps Faust's handler. Idempotent."""
+    from faust.transport.conductor import Conductor
+
+    if getattr(Conductor, "_sernet_direct_delivery", False):
+        return
+    original = Conductor._build_handler
+
+    def _build_handler(self, tp, channels):
+        handler = (getattr(self.app, "sernet_direct", None) or {}).get(tp.topic)
+        if handler is None:
+            return original(self, tp, channels)
+        return direct_handler(self.app, handler)
+
+    Conductor._build_handler = _build_handler
+    Conductor._sernet_direct_delivery = True
