@@ -109,15 +109,20 @@ def frontend(chunk_ms: int, hop_s: float, quick: bool, repeats: int, as_json: bo
               help="Linger of the load generator's producer (one producer for all speakers, "
                    "like an edge gateway). The latency clock starts when a chunk is enqueued, "
                    "so the linger counts against the p99.")
+@click.option("--partitions", type=click.IntRange(1, 256), default=None,
+              envvar="SERNET_BENCH_PARTITIONS", show_envvar=True,
+              help="Partitions of the input and output topics (default: 2 per worker, at least 2).")
 @json_options
 def pipeline(artifact: Path | None, workers: int, speakers: int | None, chunk_ms: int,
-             audio_s: float, lockstep: bool, confirm: int, producer_linger_ms: int, quick: bool,
-             repeats: int, as_json: bool, save: str | None) -> None:
+             audio_s: float, lockstep: bool, confirm: int, producer_linger_ms: int,
+             partitions: int | None, quick: bool, repeats: int, as_json: bool,
+             save: str | None) -> None:
     """Simulated real-time speakers through tansu and real `sernet worker` processes."""
     from bench.pipeline import run
 
     result = run(_resolve_artifact(artifact), workers=workers, speakers=speakers,
                  chunk_ms=chunk_ms, audio_s=audio_s, quick=quick, repeats=repeats,
                  confirm=confirm, lockstep=lockstep, producer_linger_ms=producer_linger_ms,
+                 partitions=partitions,
                  log=lambda m: click.echo(m, err=True))
     emit(result, as_json, save)

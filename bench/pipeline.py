@@ -451,7 +451,7 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
         audio_s: float = 12.0, quick: bool = False, repeats: int = 1, confirm: int = 2,
         max_speakers: int = 2048,
         chunk_sizes: tuple[int, ...] | None = None, extra_env: dict[str, str] | None = None,
-        lockstep: bool = False, producer_linger_ms: int = 2,
+        lockstep: bool = False, producer_linger_ms: int = 2, partitions: int | None = None,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     from bench.frontend import speech_like
     from sernet.kafka import create_topics_sync
@@ -465,9 +465,10 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
     if quick:
         audio_s = min(audio_s, 5.0)
     sizes = chunk_sizes or ((chunk_ms,) if (quick or speakers) else (100, 500))
+    partitions = partitions or max(2, 2 * workers)  # of the input and output topics
     result: dict[str, Any] = {"bench": "pipeline", "quick": quick, "workers": workers,
                               "artifact": str(artifact_dir), "hop_s": hop_s, "lockstep": lockstep,
-                              "producer_linger_ms": producer_linger_ms,
+                              "producer_linger_ms": producer_linger_ms, "partitions": partitions,
                               "machine": machine()}
     peak_rss = 0.0
 
@@ -479,7 +480,7 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
         nonlocal peak_rss
         with EmbeddedBroker(port=0) as broker:
             tag = uuid.uuid4().hex[:6]
-            base = Settings.from_env(broker_url=broker.url, partitions=max(2, 2 * workers),
+            base = Settings.from_env(broker_url=broker.url, partitions=partitions,
                                      model_dir=str(artifact_dir), log_level="WARNING", hop_s=hop_s,
                                      input_topic=f"bench.audio.{tag}", output_topic=f"bench.events.{tag}",
                                      dlq_topic=f"bench.dlq.{tag}", consumer_group=f"bench-{tag}",

@@ -68,8 +68,10 @@ def test_bench_pipeline_fixed_n_json(artifact: Path) -> None:
     """Real tansu + a real worker process, 4 speakers: every window scored, and the run says
     what else loaded the machine (worker, bench process, whole machine)."""
     out = run_json("pipeline", "--artifact", str(artifact), "--speakers", "4", "--chunk-ms", "500",
-                   "--audio-s", "5", "--repeats", "1", "--producer-linger-ms", "5", timeout=300)
+                   "--audio-s", "5", "--repeats", "1", "--producer-linger-ms", "5",
+                   "--partitions", "3", timeout=300)
     assert out["producer_linger_ms"] == 5  # the load generator's batching, echoed for the record
+    assert out["partitions"] == 3  # the topics' partitions (tansu's fetch cost grows with them)
     (run,) = out["per_chunk_ms"]["500"]["runs"]
     assert run["complete"] and run["events"] == run["expected_events"] > 0
     assert run["expected_events"] % 4 == 0  # the same full windows for each speaker
