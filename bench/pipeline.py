@@ -270,27 +270,67 @@ def metric_total(text: str, name: str) -> float:
     return total
 
 
-def scorer_batches(web_ports: list[int], wall_s: float) -> dict[str, float] | None:
-    """How the workers' scoring threads were fed in a step (``sernet_batch_size``, scraped
-    from each worker's /metrics): batches, windows, mean windows per batch and batches per
-    second per worker; None if a worker did not answer."""
+def bucket_counts(text: str, name: str) -> dict[float, float]:
+    """Cumulative counts of histogram ``name`` by upper bound (``le``), summed over label sets."""
+    out: dict[float, float] = {}
+    prefix = name + "_bucket{"
+    for line in text.splitlines():
+        if line.startswith(prefix) and 'le="' in line:
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            bound = math.inf if le == "+Inf" else float(le)
+            out[bound] = out.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def _scrape(web_ports: list[int]) -> list[str] | None:
+    """Each worker's /metrics text; None if one did not answer."""
     import urllib.request
 
-    batches = windows = 0.0
+    texts = []
     for port in web_ports:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-                text = resp.read().decode()
+                texts.append(resp.read().decode())
         except OSError:
             return None
-        batches += metric_total(text, "sernet_batch_size_count")
-        windows += metric_total(text, "sernet_batch_size_sum")
+    return texts
+
+
+def scorer_batches(texts: list[str], wall_s: float) -> dict[str, float] | None:
+    """How the workers' scoring threads were fed in a step (``sernet_batch_size`` of each
+    worker's /metrics): batches, windows, mean windows per batch and batches per second per
+    worker; None without batches."""
+    batches = sum(metric_total(t, "sernet_batch_size_count") for t in texts)
+    windows = sum(metric_total(t, "sernet_batch_size_sum") for t in texts)
     if not batches:
         return None
+    # wall time of the scoring thread's calls (``sernet_inference_seconds``): against its CPU
+    # time per window, what it spent waiting for a core or the GIL
+    wall_s = sum(metric_total(t, "sernet_inference_seconds_sum") for t in texts)
     return {"batches": int(batches), "windows": int(windows),
             "mean_batch": round(windows / batches, 2),
-            "batches_per_s_per_worker": round(batches / len(web_ports) / wall_s, 2),
-            "windows_per_s_per_worker": round(windows / len(web_ports) / wall_s, 2)}
+            "wall_ms_per_window": round(1000 * wall_s / max(1.0, windows), 3),
+            "batches_per_s_per_worker": round(batches / len(texts) / wall_s, 2),
+            "windows_per_s_per_worker": round(windows / len(texts) / wall_s, 2)}
+
+
+def worker_latency(texts: list[str]) -> dict[str, float] | None:
+    """The workers' own share of the latency (``sernet_event_latency_seconds``: receipt of the
+    chunk completing a window -> its event handed to the producer), all windows of the step:
+    mean, and the shares over 100 and 250 ms (the histogram's bucket bounds). What the
+    end-to-end figures add to it is the broker, the network, the load generator's linger and
+    its event consumer."""
+    count = sum(metric_total(t, "sernet_event_latency_seconds_count") for t in texts)
+    if not count:
+        return None
+    total = sum(metric_total(t, "sernet_event_latency_seconds_sum") for t in texts)
+    buckets: dict[float, float] = {}
+    for t in texts:
+        for bound, n in bucket_counts(t, "sernet_event_latency_seconds").items():
+            buckets[bound] = buckets.get(bound, 0.0) + n
+    return {"windows": int(count), "mean_ms": round(1000 * total / count, 1),
+            "share_over_100ms": round(1 - buckets.get(0.1, 0.0) / count, 4),
+            "share_over_250ms": round(1 - buckets.get(0.25, 0.0) / count, 4)}
 
 
 def _thread_split(before: dict, after: dict, windows: int) -> dict[str, float]:
@@ -491,8 +531,9 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
                 r = asyncio.run(_step(base, n, size, audio_s, audio, sampler, window_s, hop_s,
                                       broker.proc.pid, lockstep,
                                       producer_linger_ms=producer_linger_ms))
-                r["scorer_batches"] = scorer_batches([p.settings.web_port for p in procs],
-                                                     r["wall_s"])
+                texts = _scrape([p.settings.web_port for p in procs])
+                r["scorer_batches"] = scorer_batches(texts, r["wall_s"]) if texts else None
+                r["worker_latency"] = worker_latency(texts) if texts else None
         r["peak_rss_mb"] = round(sampler.peak_rss / 2**20, 1)
         peak_rss = max(peak_rss, r["peak_rss_mb"])
         return r

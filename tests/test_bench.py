@@ -89,6 +89,10 @@ def test_bench_pipeline_fixed_n_json(artifact: Path) -> None:
     # the worker's own batch histogram: every event's window went through its scoring thread
     fed = run["scorer_batches"]
     assert fed["windows"] >= run["events"] and fed["batches"] >= 1
+    assert fed["wall_ms_per_window"] > 0
+    # and its own latency histogram: the worker's part of the end-to-end latency
+    own = run["worker_latency"]
+    assert own["windows"] >= run["events"] and 0 < own["mean_ms"] < run["latency_ms"]["max"]
     paced = run["paced_bare"]
     assert paced["batch"] >= 1 and paced["gap_ms"] > 0 and paced["cpu_ms_per_window"] > 0
 
@@ -177,3 +181,18 @@ def test_metric_total_sums_one_metric_over_its_labels_only() -> None:
     assert metric_total(text, "sernet_batch_size_count") == 12.0
     assert metric_total(text, "sernet_windows_total") == 9.0
     assert metric_total(text, "sernet_missing") == 0.0
+
+
+def test_worker_latency_reads_the_workers_histograms_together() -> None:
+    from bench.pipeline import worker_latency
+    from worker.metrics import Metrics
+
+    a, b = Metrics(), Metrics()
+    for seconds in (0.02, 0.03, 0.2):
+        a.event_latency_s.observe(seconds)
+    b.event_latency_s.observe(0.4)
+    out = worker_latency([a.render().decode(), b.render().decode()])
+    assert out["windows"] == 4
+    assert out["mean_ms"] == pytest.approx(1000 * (0.02 + 0.03 + 0.2 + 0.4) / 4, abs=0.1)
+    assert out["share_over_100ms"] == 0.5 and out["share_over_250ms"] == 0.25
+    assert worker_latency([Metrics().render().decode()]) is None  # no windows scored
