@@ -2,12 +2,16 @@
 
 * ``model_latency_b1.png``: batch-1 latency of every model, round-robin and steady state;
 * ``frontend_cpu.png``: CPU per window, plain vs streaming (worker path and single speaker);
-* ``pipeline_latency.png``: p50/p99 chunk-to-event latency against speakers, per chunk size
-  and worker count (capacity searches), with the 250 ms target;
+* ``pipeline_latency.png``: p50/p99 chunk-to-event latency against speakers, per chunk size,
+  worker count and load-generator linger (capacity searches; a dot per run, the line through
+  the medians), with the 250 ms target;
 * ``pipeline_rss.png``: peak worker RSS against speakers, with the 200 MB target.
 
-"Newest" is the highest ``_vN`` of each file family (``model_artifact_v6.json`` over
-``model_artifact_v5.json``), so a fresh clone plots the same files as the author.
+The files are those of the newest pass, named by its prefix (:data:`PASS_PREFIX`, the
+machine and pass of bench/README.md's newest section: ``genoa3_model.json``,
+``genoa3_frontend.json``, ``genoa3_pipeline_workers*.json``); ``--prefix`` picks another pass.
+Without a prefix's files, the highest ``_vN`` of each older family (``model_artifact_v6.json``
+over ``model_artifact_v5.json``). Either way a fresh clone plots the same files as the author.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PASS_PREFIX = "genoa3_"  # bench/README.md section 21
 
 
 def _version(path: Path) -> int:
@@ -48,13 +53,55 @@ def _steps(result: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
     return out
 
 
-def main() -> None:
+def _medians(steps: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
+    """Per number of speakers (ascending), the median p50, p99 and peak RSS of its runs."""
+    import statistics
+
+    out: dict[int, dict[str, float]] = {}
+    for n in sorted({s["speakers"] for s in steps}):
+        runs = [s for s in steps if s["speakers"] == n]
+        out[n] = {"p50": statistics.median(s["latency_ms"]["p50"] for s in runs),
+                  "p99": statistics.median(s["latency_ms"]["p99"] for s in runs),
+                  "rss": statistics.median(s["peak_rss_mb"] for s in runs)}
+    return out
+
+
+def sources(prefix: str = PASS_PREFIX) -> dict[str, Any]:
+    """The results files the plots read: ``model`` and ``frontend`` (a path or None) and
+    ``pipeline`` (capacity searches, a list), the prefix's own where it has them."""
+    def pick(name: str, legacy: str) -> Path | None:
+        own = RESULTS / f"{prefix}{name}.json"
+        return own if own.is_file() else newest(legacy)
+
+    searches = sorted(RESULTS.glob(f"{prefix}pipeline_workers*.json"))
+    if not searches:  # older passes: the newest search per worker count
+        latest: dict[int, tuple[int, Path]] = {}
+        for path in sorted(RESULTS.glob("pipeline_v*_workers*.json")):
+            r = _load(path)
+            if r and r.get("per_chunk_ms"):
+                if r["workers"] not in latest or _version(path) >= latest[r["workers"]][0]:
+                    latest[r["workers"]] = (_version(path), path)
+        searches = [path for _, path in sorted(latest.values())]
+    return {"model": pick("model", "model_artifact_v*.json"),
+            "frontend": pick("frontend", "frontend_v*.json"), "pipeline": searches}
+
+
+def main(out_dir: Path = RESULTS, prefix: str = PASS_PREFIX) -> list[Path]:
+    """Write the PNGs into ``out_dir``; returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    model = _load(newest("model_artifact_v*.json"))
+    src = sources(prefix)
+    written: list[Path] = []
+
+    def save(fig, name: str) -> None:
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+        written.append(out_dir / name)
+
+    model = _load(src["model"])
     if model:
         names = list(model["models"])
         t1 = [model["models"][n]["threads_1"] for n in names]
@@ -69,10 +116,9 @@ def main() -> None:
         ax.set_title("Light-SERNet latency: onnxruntime vs TFLite (median of rounds)")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(RESULTS / "model_latency_b1.png", dpi=110)
-        plt.close(fig)
+        save(fig, "model_latency_b1.png")
 
-    fe = _load(newest("frontend_v*.json"))
+    fe = _load(src["frontend"])
     if fe:
         labels, vals = [], []
         for k in ("plain", "streaming"):
@@ -88,27 +134,28 @@ def main() -> None:
         ax.set_title(f"MFCC frontend: worker path streaming/plain = {fe['worker_streaming_vs_plain']}")
         plt.xticks(fontsize=8)
         fig.tight_layout()
-        fig.savefig(RESULTS / "frontend_cpu.png", dpi=110)
-        plt.close(fig)
+        save(fig, "frontend_cpu.png")
 
-    searches = [(p, _load(p)) for p in sorted(RESULTS.glob("pipeline_v*_workers*.json"))]
-    latest = {}
-    for path, r in searches:  # per worker count, the newest search
-        if r and r.get("per_chunk_ms"):
-            key = r["workers"]
-            if key not in latest or _version(path) >= latest[key][0]:
-                latest[key] = (_version(path), path, r)
-    if latest:
+    searches = [r for r in (_load(p) for p in src["pipeline"]) if r and r.get("per_chunk_ms")]
+    if searches:
         fig_l, ax_l = plt.subplots(figsize=(8, 4.5))
         fig_r, ax_r = plt.subplots(figsize=(8, 4.5))
-        for workers, (_, path, r) in sorted(latest.items()):
+        for r in searches:
+            workers = r["workers"]
+            linger = r.get("producer_linger_ms")
             for chunk, steps in sorted(_steps(r).items()):
+                label = (f"{workers} worker{'s' if workers > 1 else ''}, {chunk} ms chunks"
+                         + (f", linger {linger} ms" if linger is not None else ""))
+                # every run a dot; the line through the median of the runs at each N
                 n = [s["speakers"] for s in steps]
-                label = f"{workers} worker{'s' if workers > 1 else ''}, {chunk} ms chunks"
-                line, = ax_l.plot(n, [s["latency_ms"]["p99"] for s in steps], "o-", label=f"{label}: p99")
-                ax_l.plot(n, [s["latency_ms"]["p50"] for s in steps], "o:", color=line.get_color(),
-                          label=f"{label}: p50")
-                ax_r.plot(n, [s["peak_rss_mb"] for s in steps], "o-", label=label)
+                by_n = _medians(steps)
+                p99 = [s["latency_ms"]["p99"] for s in steps]
+                line, = ax_l.plot(list(by_n), [m["p99"] for m in by_n.values()], "-",
+                                  label=f"{label}: p99")
+                ax_l.plot(n, p99, "o", color=line.get_color(), ms=4)
+                ax_l.plot(list(by_n), [m["p50"] for m in by_n.values()], ":",
+                          color=line.get_color(), label=f"{label}: p50")
+                ax_r.plot(list(by_n), [m["rss"] for m in by_n.values()], "o-", label=label)
         ax_l.set_yscale("log")
         for fig, ax, target, ylabel, title, name in (
                 (fig_l, ax_l, (250, "target p99 250 ms"), "chunk-to-event latency, ms",
@@ -121,9 +168,15 @@ def main() -> None:
             ax.set_title(title)
             ax.legend(fontsize=7)
             fig.tight_layout()
-            fig.savefig(RESULTS / name, dpi=110)
-            plt.close(fig)
+            save(fig, name)
+    return written
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.plots", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prefix", default=PASS_PREFIX,
+                        help=f"results of which pass (file-name prefix; default {PASS_PREFIX})")
+    for path in main(prefix=parser.parse_args().prefix):
+        print(path)

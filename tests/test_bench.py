@@ -196,3 +196,19 @@ def test_worker_latency_reads_the_workers_histograms_together() -> None:
     assert out["mean_ms"] == pytest.approx(1000 * (0.02 + 0.03 + 0.2 + 0.4) / 4, abs=0.1)
     assert out["share_over_100ms"] == 0.5 and out["share_over_250ms"] == 0.25
     assert worker_latency([Metrics().render().decode()]) is None  # no windows scored
+
+
+def test_plots_draw_the_newest_pass_that_the_readme_describes(tmp_path: Path) -> None:
+    from bench import plots
+
+    readme = (REPO / "bench" / "README.md").read_text()
+    newest_section = readme.rsplit("\n## ", 1)[1]
+    assert f"`{plots.PASS_PREFIX}`" in newest_section  # the prefix moves with each pass
+    src = plots.sources()
+    assert src["model"].name == f"{plots.PASS_PREFIX}model.json"
+    assert src["frontend"].name == f"{plots.PASS_PREFIX}frontend.json"
+    assert src["pipeline"] and all(p.name.startswith(plots.PASS_PREFIX) for p in src["pipeline"])
+    written = plots.main(out_dir=tmp_path)
+    assert sorted(p.name for p in written) == ["frontend_cpu.png", "model_latency_b1.png",
+                                               "pipeline_latency.png", "pipeline_rss.png"]
+    assert all(p.stat().st_size > 10_000 for p in written)
