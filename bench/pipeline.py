@@ -306,10 +306,10 @@ def scorer_batches(texts: list[str], wall_s: float) -> dict[str, float] | None:
         return None
     # wall time of the scoring thread's calls (``sernet_inference_seconds``): against its CPU
     # time per window, what it spent waiting for a core or the GIL
-    wall_s = sum(metric_total(t, "sernet_inference_seconds_sum") for t in texts)
+    scoring_s = sum(metric_total(t, "sernet_inference_seconds_sum") for t in texts)
     return {"batches": int(batches), "windows": int(windows),
             "mean_batch": round(windows / batches, 2),
-            "wall_ms_per_window": round(1000 * wall_s / max(1.0, windows), 3),
+            "wall_ms_per_window": round(1000 * scoring_s / max(1.0, windows), 3),
             "batches_per_s_per_worker": round(batches / len(texts) / wall_s, 2),
             "windows_per_s_per_worker": round(windows / len(texts) / wall_s, 2)}
 

@@ -90,6 +90,9 @@ def test_bench_pipeline_fixed_n_json(artifact: Path) -> None:
     fed = run["scorer_batches"]
     assert fed["windows"] >= run["events"] and fed["batches"] >= 1
     assert fed["wall_ms_per_window"] > 0
+    # rates per second of the step's wall time (one worker here)
+    assert fed["windows_per_s_per_worker"] == pytest.approx(fed["windows"] / run["wall_s"], rel=0.01,
+                                                          abs=0.01)
     # and its own latency histogram: the worker's part of the end-to-end latency
     own = run["worker_latency"]
     assert own["windows"] >= run["events"] and 0 < own["mean_ms"] < run["latency_ms"]["max"]
@@ -181,6 +184,22 @@ def test_metric_total_sums_one_metric_over_its_labels_only() -> None:
     assert metric_total(text, "sernet_batch_size_count") == 12.0
     assert metric_total(text, "sernet_windows_total") == 9.0
     assert metric_total(text, "sernet_missing") == 0.0
+
+
+def test_scorer_batches_rates_are_per_second_of_the_step_and_wall_per_window() -> None:
+    from bench.pipeline import scorer_batches
+    from worker.metrics import Metrics
+
+    a, b = Metrics(), Metrics()
+    for m, sizes in ((a, (4, 6)), (b, (10,))):
+        for n in sizes:
+            m.batch_size.observe(n)
+            m.inference_s.observe(0.002 * n)  # 2 ms of scoring-thread wall time per window
+    out = scorer_batches([a.render().decode(), b.render().decode()], wall_s=10.0)
+    assert out["batches"] == 3 and out["windows"] == 20 and out["mean_batch"] == 6.67
+    assert out["wall_ms_per_window"] == pytest.approx(2.0)
+    assert out["batches_per_s_per_worker"] == 0.15 and out["windows_per_s_per_worker"] == 1.0
+    assert scorer_batches([Metrics().render().decode()], wall_s=10.0) is None
 
 
 def test_worker_latency_reads_the_workers_histograms_together() -> None:
