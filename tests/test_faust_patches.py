@@ -140,13 +140,18 @@ def test_other_calls_take_modes_path(case):
     run(main)
 
 
+def assert_installs_once(patch, cls, method: str, marker: str) -> None:
+    """``patch()`` replaces ``cls.method`` once: a second call leaves the first replacement."""
+    patch()
+    patched = getattr(cls, method)
+    patch()
+    assert getattr(cls, method) is patched and getattr(cls, marker)
+
+
 def test_patch_installs_once_on_faust_consumer_whose_delivery_call_it_matches():
     from faust.transport.consumer import Consumer
 
-    patch_eager_delivery()
-    patched = Consumer.wait_first
-    patch_eager_delivery()
-    assert Consumer.wait_first is patched and Consumer._sernet_eager_delivery
+    assert_installs_once(patch_eager_delivery, Consumer, "wait_first", "_sernet_eager_delivery")
     # the call the patch recognises is still faust's delivery call: a faust upgrade that
     # changes it makes this fail rather than silently losing the fast path
     source = inspect.getsource(Consumer._drain_messages)
@@ -384,12 +389,13 @@ def test_direct_delivery_waits_while_the_flow_is_suspended():
     run(main)
 
 
-def test_direct_delivery_patch_installs_once():
+def test_direct_delivery_patch_installs_once_on_the_conductors_handler_hook():
     from faust.transport.conductor import Conductor
 
     from worker.faust_patches import patch_direct_delivery
 
-    patch_direct_delivery()
-    patched = Conductor._build_handler
-    patch_direct_delivery()
-    assert Conductor._build_handler is patched and Conductor._sernet_direct_delivery
+    assert_installs_once(patch_direct_delivery, Conductor, "_build_handler",
+                         "_sernet_direct_delivery")
+    # the conductor still builds its per-partition callbacks through the patched hook: a faust
+    # upgrade that stops doing so makes this fail rather than silently losing the direct path
+    assert "self._build_handler(" in inspect.getsource(Conductor._update_callback_map)
