@@ -5,7 +5,10 @@
 * ``pipeline_latency.png``: p50/p99 chunk-to-event latency against speakers, per chunk size,
   worker count and load-generator linger (capacity searches; a dot per run, the line through
   the medians), with the 250 ms target;
-* ``pipeline_rss.png``: peak worker RSS against speakers, with the 200 MB target.
+* ``pipeline_rss.png``: peak worker RSS against speakers, with the 200 MB target;
+* ``pipeline_knee.png``: every pipeline run's p99 against the machine's busy cores;
+* ``pipeline_budget.png``: CPU per real-time speaker (workers, tansu, load generator) per
+  capacity search, against what 500 speakers under that knee allow (:mod:`bench.budget`).
 
 The files are those of the newest pass, named by its prefix (:data:`PASS_PREFIX`, the
 machine and pass of bench/README.md's newest section: ``genoa3_model.json``,
@@ -21,7 +24,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench import budget
+
+RESULTS = budget.RESULTS
 PASS_PREFIX = "genoa3_"  # bench/README.md section 21
 
 
@@ -43,14 +48,10 @@ def _load(path: Path | None) -> dict[str, Any] | None:
 
 def _steps(result: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
     """Capacity-search steps per chunk size, sorted by speakers."""
-    out = {}
-    for chunk, r in result.get("per_chunk_ms", {}).items():
-        fractions = r.get("at_fraction") or []
-        fractions = list(fractions.values()) if isinstance(fractions, dict) else list(fractions)
-        runs = r.get("search", []) + fractions or r.get("runs", [])
-        if runs:
-            out[int(chunk)] = sorted(runs, key=lambda s: s["speakers"])
-    return out
+    out: dict[int, list[dict[str, Any]]] = {}
+    for chunk, run in budget.runs(result):
+        out.setdefault(chunk, []).append(run)
+    return {chunk: sorted(steps, key=lambda s: s["speakers"]) for chunk, steps in out.items()}
 
 
 def _medians(steps: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
@@ -169,7 +170,61 @@ def main(out_dir: Path = RESULTS, prefix: str = PASS_PREFIX) -> list[Path]:
             ax.legend(fontsize=7)
             fig.tight_layout()
             save(fig, name)
+    report = budget.analyse(prefix, RESULTS)
+    if report["knee"]["runs"]:
+        save(_knee_figure(plt, prefix, report), "pipeline_knee.png")
+    if report["budget"]:
+        save(_budget_figure(plt, report), "pipeline_budget.png")
     return written
+
+
+def _knee_figure(plt, prefix: str, report: dict[str, Any]):
+    """Every pipeline run of the pass: p99 against the whole machine's busy cores."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for path in sorted(RESULTS.glob(f"{prefix}pipeline*.json")):
+        for chunk, r in budget.runs(_load(path) or {}):
+            if r.get("machine_cores_busy") is None or r["latency_ms"]["p99"] is None:
+                continue
+            ax.plot(r["machine_cores_busy"], r["latency_ms"]["p99"],
+                    "o" if budget.passed(r) else "x", color="C0" if chunk == 100 else "C1", ms=5)
+    for chunk, color in ((100, "C0"), (500, "C1")):
+        ax.plot([], [], "o", color=color, label=f"{chunk} ms chunks")
+    ax.plot([], [], "x", color="grey", label="failed (p99 > 250 ms or windows missing)")
+    ax.axhline(budget.P99_LIMIT_MS, color="red", lw=1, ls="--", label="target p99 250 ms")
+    k = report["knee"]
+    ax.axvspan(k["all_pass_below"], k["none_pass_above"], color="grey", alpha=0.2,
+               label=f"knee: all passed below {k['all_pass_below']}, none above {k['none_pass_above']}")
+    ax.set_yscale("log")
+    ax.set_xlabel("machine cores busy (workers + tansu + load generator), of 2")
+    ax.set_ylabel("chunk-to-event p99, ms")
+    ax.set_title(f"The latency target is a CPU budget ({k['runs']} runs, {prefix}*)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _budget_figure(plt, report: dict[str, Any]):
+    """CPU per real-time speaker by who spends it, per capacity search, against what 500
+    speakers under the knee allow."""
+    rows = sorted(report["budget"], key=lambda r: (r["chunk_ms"], r["producer_linger_ms"] or 0))
+    labels = [f"{r['chunk_ms']} ms chunks\nlinger {r['producer_linger_ms']} ms\n"
+              f"fits {r['speakers_at_knee']}, measured {r['measured_capacity']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    bottom = [0.0] * len(rows)
+    for part, name in (("workers", "workers"), ("broker", "tansu (test broker)"),
+                       ("load_generator", "load generator")):
+        vals = [r["cpu_ms_per_speaker_s"][part] for r in rows]
+        ax.bar(labels, vals, bottom=bottom, label=name)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    allowed = 1000.0 * report["knee"]["knee_cores"] / 500
+    ax.axhline(allowed, color="red", lw=1, ls="--",
+               label=f"500 speakers under the knee: {allowed:.2f} ms per speaker-s")
+    ax.set_ylabel("CPU-ms per speaker per second of audio")
+    ax.set_title("What a real-time speaker costs the 2-core machine (runs near capacity)")
+    ax.legend(fontsize=7)
+    plt.xticks(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 if __name__ == "__main__":

@@ -229,5 +229,6 @@ def test_plots_draw_the_newest_pass_that_the_readme_describes(tmp_path: Path) ->
     assert src["pipeline"] and all(p.name.startswith(plots.PASS_PREFIX) for p in src["pipeline"])
     written = plots.main(out_dir=tmp_path)
     assert sorted(p.name for p in written) == ["frontend_cpu.png", "model_latency_b1.png",
+                                               "pipeline_budget.png", "pipeline_knee.png",
                                                "pipeline_latency.png", "pipeline_rss.png"]
     assert all(p.stat().st_size > 10_000 for p in written)
