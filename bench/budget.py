@@ -1,4 +1,4 @@
-"""What a pipeline capacity is made of: ``python -m bench.budget [--prefix genoa3_] [--json]``.
+"""What a pipeline capacity is made of: ``python -m bench.budget [--prefix genoa4_] [--json]``.
 
 Reads saved ``sernet bench pipeline`` results (no new runs) and prints two markdown tables:
 

@@ -11,8 +11,8 @@
   capacity search, against what 500 speakers under that knee allow (:mod:`bench.budget`).
 
 The files are those of the newest pass, named by its prefix (:data:`PASS_PREFIX`, the
-machine and pass of bench/README.md's newest section: ``genoa3_model.json``,
-``genoa3_frontend.json``, ``genoa3_pipeline_workers*.json``); ``--prefix`` picks another pass.
+machine and pass of bench/README.md's newest section: ``genoa4_model.json``,
+``genoa4_frontend.json``, ``genoa4_pipeline_workers*.json``); ``--prefix`` picks another pass.
 Without a prefix's files, the highest ``_vN`` of each older family (``model_artifact_v6.json``
 over ``model_artifact_v5.json``). Either way a fresh clone plots the same files as the author.
 """
@@ -27,7 +27,7 @@ from typing import Any
 from bench import budget
 
 RESULTS = budget.RESULTS
-PASS_PREFIX = "genoa3_"  # bench/README.md section 21
+PASS_PREFIX = "genoa4_"  # bench/README.md section 22
 
 
 def _version(path: Path) -> int:
