@@ -56,9 +56,10 @@ def cpu_per_speaker(run: dict[str, Any]) -> dict[str, float] | None:
 
 
 def knee(all_runs: list[dict[str, Any]], edges: tuple[float, ...] = EDGES) -> dict[str, Any]:
-    """Runs and passes per band of machine busy cores, and the band's edges seen in the data:
-    ``all_pass_below`` (the busiest run below which every run passed) and ``none_pass_above``
-    (the busiest run that passed: none busier did)."""
+    """Runs and passes per band of machine busy cores, and where the verdicts change in the
+    data: ``all_pass_below`` (the least busy failing run: every run below it passed),
+    ``none_pass_above`` (the busiest passing run: none busier passed), ``knee_cores`` their
+    midpoint (None without both a failing and a passing run)."""
     rated = [(r["machine_cores_busy"], passed(r)) for r in all_runs
              if r.get("machine_cores_busy") is not None]
     bands = []
@@ -85,7 +86,7 @@ def budget(result: dict[str, Any], knee_cores: float) -> list[dict[str, Any]]:
         if not good:
             continue
         top = entry.get("first_failing") or good
-        costs = [c for ch, r in runs({"per_chunk_ms": {chunk: entry}})
+        costs = [c for _, r in runs({"per_chunk_ms": {chunk: entry}})
                  if good / 2 <= r["speakers"] <= top and (c := cpu_per_speaker(r)) is not None]
         if not costs:
             continue

@@ -192,8 +192,10 @@ def _knee_figure(plt, prefix: str, report: dict[str, Any]):
     ax.plot([], [], "x", color="grey", label="failed (p99 > 250 ms or windows missing)")
     ax.axhline(budget.P99_LIMIT_MS, color="red", lw=1, ls="--", label="target p99 250 ms")
     k = report["knee"]
-    ax.axvspan(k["all_pass_below"], k["none_pass_above"], color="grey", alpha=0.2,
-               label=f"knee: all passed below {k['all_pass_below']}, none above {k['none_pass_above']}")
+    if k["knee_cores"] is not None:
+        ax.axvspan(k["all_pass_below"], k["none_pass_above"], color="grey", alpha=0.2,
+                   label=f"knee: all passed below {k['all_pass_below']}, "
+                         f"none above {k['none_pass_above']}")
     ax.set_yscale("log")
     ax.set_xlabel("machine cores busy (workers + tansu + load generator), of 2")
     ax.set_ylabel("chunk-to-event p99, ms")

@@ -94,3 +94,11 @@ def test_budget_cli_reads_the_committed_pass() -> None:
     assert report["knee"]["runs"] > 0 and report["budget"]
     assert {r["chunk_ms"] for r in report["budget"]} == {100, 500}
     assert "| machine cores busy |" in proc.stdout
+
+
+def test_knee_without_a_failing_run_has_no_edge_and_no_budget(tmp_path: Path) -> None:
+    k = budget.knee([run(1, 1.0, 90.0), run(2, 1.2, 100.0)])
+    assert k["all_pass_below"] is None and k["none_pass_above"] == 1.2 and k["knee_cores"] is None
+    (tmp_path / "z_pipeline_workers2.json").write_text(json.dumps(
+        search(2, 4, [run(1, 1.0, 90.0), run(2, 1.2, 100.0)])))
+    assert budget.analyse("z_", tmp_path)["budget"] == []
