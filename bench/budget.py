@@ -21,8 +21,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterator
 
-RESULTS = Path(__file__).resolve().parent / "results"
-P99_LIMIT_MS = 250.0
+from bench.common import RESULTS
+from bench.pipeline import P99_LIMIT_MS, passed  # the capacity search's own verdict
 # machine busy-core edges of the knee table (2-vCPU machines)
 EDGES = (0.0, 1.3, 1.4, 1.5, 1.6, float("inf"))
 
@@ -35,12 +35,6 @@ def runs(result: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
         fractions = list(fractions.values()) if isinstance(fractions, dict) else list(fractions)
         for r in entry.get("search", []) + fractions or entry.get("runs", []):
             yield int(chunk), r
-
-
-def passed(run: dict[str, Any]) -> bool:
-    """The capacity search's own test: every window scored and p99 <= 250 ms."""
-    p99 = run["latency_ms"]["p99"]
-    return bool(run["complete"] and p99 is not None and p99 <= P99_LIMIT_MS)
 
 
 def cpu_per_speaker(run: dict[str, Any]) -> dict[str, float] | None:

@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import budget
-
-RESULTS = budget.RESULTS
+from bench.common import RESULTS
 PASS_PREFIX = "genoa4_"  # bench/README.md section 22
 
 
