@@ -478,10 +478,9 @@ class SpeakerState:
     # copied in once, trimming moves ``_lo``; the live samples are moved to the front only when
     # the slack is used up, instead of re-concatenating the whole 2-3 s buffer for every
     # chunk. The array is sized once for a window plus a chunk plus slack (one chunk, at
-    # least 1/4 window): the live 2-3 s move about once a window at 100 ms chunks as at
-    # 500 ms (at 1/16 window they moved every second 100 ms chunk: 7-10 % of the event loop,
-    # bench/README.md section 23), and a speaker's buffer is not reallocated as it fills
-    # (fewer heap holes; section 12). The slack costs 24 KB of int16 per speaker.
+    # least 1/16 window): at 500 ms chunks the live 2-3 s move about once a second, and a
+    # speaker's buffer is not reallocated as it fills (fewer heap holes; bench/README.md,
+    # section 12).
     @property
     def buf(self) -> np.ndarray:
         return self._store[self._lo:self._hi]
@@ -510,7 +509,7 @@ class SpeakerState:
         if self._hi + n > self._store.shape[0]:
             live = self._hi - self._lo
             w = self.cfg.window_samples
-            size = max(w, live + n) + max(n, w // 4)
+            size = max(w, live + n) + max(n, w // 16)
             if live + n > self._store.shape[0] or self._store.shape[0] > 2 * size:
                 store = np.empty(size, dtype=self._store.dtype)
                 store[:live] = self._store[self._lo:self._hi]
