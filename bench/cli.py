@@ -112,17 +112,35 @@ def frontend(chunk_ms: int, hop_s: float, quick: bool, repeats: int, as_json: bo
 @click.option("--partitions", type=click.IntRange(1, 256), default=None,
               envvar="SERNET_BENCH_PARTITIONS", show_envvar=True,
               help="Partitions of the input and output topics (default: 2 per worker, at least 2).")
+@click.option("--compare", "compare_spec", default=None, metavar="VAR=A,B",
+              envvar="SERNET_BENCH_COMPARE", show_envvar=True,
+              help="Interleaved A/B of a worker environment variable (e.g. "
+                   "SERNET_DIRECT_DELIVERY=1,0; the first value is the baseline): --repeats "
+                   "rounds of one --speakers run per value, order alternating per round; prints "
+                   "per-value medians and same-round ratios to the baseline.")
 @json_options
 def pipeline(artifact: Path | None, workers: int, speakers: int | None, chunk_ms: int,
              audio_s: float, lockstep: bool, confirm: int, producer_linger_ms: int,
-             partitions: int | None, quick: bool, repeats: int, as_json: bool,
-             save: str | None) -> None:
+             partitions: int | None, compare_spec: str | None, quick: bool, repeats: int,
+             as_json: bool, save: str | None) -> None:
     """Simulated real-time speakers through tansu and real `sernet worker` processes."""
-    from bench.pipeline import run
+    from bench.pipeline import ab_table, compare, parse_compare, run
 
-    result = run(_resolve_artifact(artifact), workers=workers, speakers=speakers,
-                 chunk_ms=chunk_ms, audio_s=audio_s, quick=quick, repeats=repeats,
-                 confirm=confirm, lockstep=lockstep, producer_linger_ms=producer_linger_ms,
-                 partitions=partitions,
-                 log=lambda m: click.echo(m, err=True))
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    common = dict(workers=workers, chunk_ms=chunk_ms, audio_s=audio_s, quick=quick,
+                  lockstep=lockstep, producer_linger_ms=producer_linger_ms,
+                  partitions=partitions, log=log)
+    if compare_spec is not None:
+        try:
+            var, values = parse_compare(compare_spec)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--compare") from None
+        if not speakers:
+            raise click.UsageError("--compare needs --speakers (a fixed load per run)")
+        result = compare(_resolve_artifact(artifact), var, values, rounds=repeats,
+                         speakers=speakers, **common)
+        click.echo(ab_table(result), err=as_json)
+    else:
+        result = run(_resolve_artifact(artifact), speakers=speakers, repeats=repeats,
+                     confirm=confirm, **common)
     emit(result, as_json, save)

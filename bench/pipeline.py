@@ -626,3 +626,108 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
     result["max_speakers_p99_le_250ms"] = {k: v.get("max_speakers_p99_le_250ms")
                                            for k, v in per_size.items()}
     return result
+
+
+# --------------------------------------------------------------------------- A/B of a worker setting
+
+# what an A/B compares per round: (name, how to read it from a fixed-N run)
+AB_METRICS: dict[str, Callable[[dict[str, Any]], float | None]] = {
+    "worker_cpu_ms_per_window": lambda r: r["worker_cpu_ms_per_window"],
+    "event_loop_cpu_ms_per_window": lambda r: r["worker_thread_cpu_ms_per_window"].get("event_loop"),
+    "scoring_cpu_ms_per_window": lambda r: r["worker_thread_cpu_ms_per_window"].get("scoring"),
+    "machine_cores_busy": lambda r: r["machine_cores_busy"],
+    "broker_cores": lambda r: r["broker_cores"],
+    "p99_ms": lambda r: r["latency_ms"]["p99"],
+    "peak_rss_mb": lambda r: r["peak_rss_mb"],
+}
+
+
+def parse_compare(spec: str) -> tuple[str, list[str]]:
+    """``"VAR=a,b[,c]"`` -> ``("VAR", ["a", "b", "c"])``: a worker environment variable and the
+    values to compare (the first is the baseline)."""
+    var, sep, values = spec.partition("=")
+    var = var.strip()
+    vals = [v.strip() for v in values.split(",")]
+    if not sep or not var or not var.replace("_", "").isalnum() or var[0].isdigit():
+        raise ValueError(f"expected VAR=a,b (an environment variable name), got {spec!r}")
+    if len(vals) < 2 or any(v == "" for v in vals) or len(set(vals)) != len(vals):
+        raise ValueError(f"expected at least two distinct, non-empty values in {spec!r}")
+    return var, vals
+
+
+def round_orders(values: list[str], rounds: int) -> list[list[str]]:
+    """The order of each round: forward, then reversed, alternately, so a machine that drifts
+    during the A/B does not favour whichever value always runs first."""
+    return [list(values) if r % 2 == 0 else list(reversed(values)) for r in range(rounds)]
+
+
+def ab_summary(var: str, values: list[str], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-value medians and, per round, each value's ratio to the baseline (``values[0]``) run
+    in the same round: ``runs`` = ``[{"round", "value", "run"}, ...]``."""
+    by_round: dict[int, dict[str, dict[str, Any]]] = {}
+    for item in runs:
+        by_round.setdefault(item["round"], {})[item["value"]] = item["run"]
+    per_value: dict[str, Any] = {}
+    ratios: dict[str, Any] = {}
+    for value in values:
+        got = [item["run"] for item in runs if item["value"] == value]
+        per_value[value] = {
+            name: summary([v for v in map(read, got) if v is not None], 3)
+            for name, read in AB_METRICS.items() if any(read(r) is not None for r in got)}
+        per_value[value]["passed"] = sum(map(passed, got))
+        per_value[value]["runs"] = len(got)
+        if value == values[0]:
+            continue
+        ratios[value] = {}
+        for name, read in AB_METRICS.items():
+            pairs = [(read(rr[value]), read(rr[values[0]])) for rr in by_round.values()
+                     if value in rr and values[0] in rr]
+            pairs = [(a, b) for a, b in pairs if a is not None and b]
+            if pairs:
+                ratios[value][name] = summary([a / b for a, b in pairs], 3)
+    return {"var": var, "values": values, "baseline": values[0], "per_value": per_value,
+            "vs_baseline_same_round": ratios}
+
+
+def ab_table(result: dict[str, Any]) -> str:
+    """Markdown: each metric's median per value and its same-round ratio to the baseline."""
+    ab = result["ab"]
+    values, base = ab["values"], ab["baseline"]
+    head = "| metric | " + " | ".join(f"{ab['var']}={v}" for v in values) + " | " + \
+        " | ".join(f"{v} / {base}, same round (min-max)" for v in values[1:]) + " |"
+    lines = [head, "|" + "---|" * (1 + 2 * len(values) - 1)]
+    for name in AB_METRICS:
+        if name not in ab["per_value"][base]:
+            continue
+        cells = [str(ab["per_value"][v].get(name, {}).get("median", "")) for v in values]
+        for v in values[1:]:
+            s = ab["vs_baseline_same_round"].get(v, {}).get(name)
+            cells.append(f"{s['median']} ({s['min']}-{s['max']})" if s else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| p99 <= 250 ms | " + " | ".join(
+        f"{ab['per_value'][v]['passed']} of {ab['per_value'][v]['runs']}" for v in values)
+        + " |" + " |" * (len(values) - 1))
+    return "\n".join(lines)
+
+
+def compare(artifact_dir: Path, var: str, values: list[str], *, rounds: int, speakers: int,
+            extra_env: dict[str, str] | None = None,
+            log: Callable[[str], None] = print, **run_kwargs: Any) -> dict[str, Any]:
+    """Interleaved A/B of one worker environment variable: ``rounds`` rounds of one fixed-N run
+    per value (fresh broker and workers each, order alternating per round), reported as
+    per-value medians and same-round ratios to the first value (:func:`ab_summary`). Two runs
+    of the same code can differ by 10 % on a shared VM (bench/README.md, section 23); only
+    ratios within a round, over several rounds, separate a change from that drift."""
+    runs = []
+    for r, order in enumerate(round_orders(values, rounds)):
+        for value in order:
+            log(f"round {r + 1}/{rounds}: {var}={value}")
+            res = run(artifact_dir, speakers=speakers, repeats=1,
+                      extra_env={**(extra_env or {}), var: value}, log=log, **run_kwargs)
+            (size,) = res["per_chunk_ms"]
+            runs.append({"round": r, "value": value, "run": res["per_chunk_ms"][size]["runs"][0]})
+    first = runs[0]["run"]
+    return {"bench": "pipeline_ab", "speakers": speakers, "chunk_ms": first["chunk_ms"],
+            "rounds": rounds, "workers": run_kwargs.get("workers", 1),
+            "producer_linger_ms": run_kwargs.get("producer_linger_ms", 2),
+            "machine": machine(), "ab": ab_summary(var, values, runs), "runs": runs}
