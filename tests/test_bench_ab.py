@@ -69,3 +69,23 @@ def test_cli_rejects_bad_compare(args: list[str], message: str) -> None:
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_compare_runs_each_value_with_its_env_and_pairs_them(monkeypatch) -> None:
+    import bench.pipeline as bp
+
+    seen = []
+
+    def fake_run(artifact_dir, *, speakers, repeats, extra_env, log, **kw):
+        seen.append((extra_env["SERNET_X"], extra_env.get("KEEP"), speakers, repeats))
+        cpu = {"1": 2.0, "0": 3.0}[extra_env["SERNET_X"]]
+        return {"per_chunk_ms": {"100": {"runs": [{**_run(cpu, cpu / 2, 120), "chunk_ms": 100}]}}}
+
+    monkeypatch.setattr(bp, "run", fake_run)
+    out = bp.compare("art", "SERNET_X", ["1", "0"], rounds=3, speakers=64,
+                     extra_env={"KEEP": "k"}, log=lambda m: None, workers=2)
+    assert [s[0] for s in seen] == ["1", "0", "0", "1", "1", "0"]
+    assert all(s[1:] == ("k", 64, 1) for s in seen)
+    assert out["bench"] == "pipeline_ab" and out["workers"] == 2 and out["chunk_ms"] == 100
+    ratio = out["ab"]["vs_baseline_same_round"]["0"]["worker_cpu_ms_per_window"]
+    assert ratio == {"median": 1.5, "min": 1.5, "max": 1.5, "n": 3}
