@@ -29,7 +29,12 @@ EDGES = (0.0, 1.3, 1.4, 1.5, 1.6, float("inf"))
 
 def runs(result: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(chunk_ms, run)`` for every run of a pipeline result: a capacity search's steps and
-    its runs at 25/50/75 % of the capacity, or the runs of a fixed-N result."""
+    its runs at 25/50/75 % of the capacity, the runs of a fixed-N result, or every run of an
+    A/B (``--compare``)."""
+    if result.get("bench") == "pipeline_ab":
+        for item in result.get("runs", []):
+            yield int(result["chunk_ms"]), item["run"]
+        return
     for chunk, entry in result.get("per_chunk_ms", {}).items():
         fractions = entry.get("at_fraction") or []
         fractions = list(fractions.values()) if isinstance(fractions, dict) else list(fractions)

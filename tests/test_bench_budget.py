@@ -102,3 +102,13 @@ def test_knee_without_a_failing_run_has_no_edge_and_no_budget(tmp_path: Path) ->
     (tmp_path / "z_pipeline_workers2.json").write_text(json.dumps(
         search(2, 4, [run(1, 1.0, 90.0), run(2, 1.2, 100.0)])))
     assert budget.analyse("z_", tmp_path)["budget"] == []
+
+
+def test_ab_results_count_in_the_knee() -> None:
+    ab = {"bench": "pipeline_ab", "chunk_ms": 100,
+          "runs": [{"round": 0, "value": "a", "run": run(320, 1.2, 90.0)},
+                   {"round": 0, "value": "b", "run": run(320, 1.7, 400.0)}]}
+    got = list(budget.runs(ab))
+    assert [c for c, _ in got] == [100, 100]
+    k = budget.knee([r for _, r in got])
+    assert k["runs"] == 2 and k["all_pass_below"] == 1.7 and k["none_pass_above"] == 1.2
