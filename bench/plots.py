@@ -26,7 +26,7 @@ from typing import Any
 
 from bench import budget
 from bench.common import RESULTS
-PASS_PREFIX = "genoa4_"  # bench/README.md section 22
+PASS_PREFIX = "genoa5_"  # bench/README.md section 23
 
 
 def _version(path: Path) -> int:
