@@ -98,18 +98,26 @@ def budget(result: dict[str, Any], knee_cores: float) -> list[dict[str, Any]]:
     return out
 
 
-def analyse(prefix: str, results: Path = RESULTS) -> dict[str, Any]:
+def load(prefix: str, results: Path = RESULTS) -> dict[str, dict[str, Any]]:
+    """Every pipeline result of a pass (``{prefix}pipeline*.json``), by file name, sorted."""
+    return {p.name: json.loads(p.read_text())
+            for p in sorted(results.glob(f"{prefix}pipeline*.json"))}
+
+
+def analyse(prefix: str, results: Path = RESULTS,
+            loaded: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The knee over every pipeline result of ``prefix`` and the budget of its capacity
-    searches (``{prefix}pipeline_workers*.json``)."""
-    files = sorted(results.glob(f"{prefix}pipeline*.json"))
-    loaded = {p.name: json.loads(p.read_text()) for p in files}
+    searches (``{prefix}pipeline_workers*.json``); ``loaded``: those results already read
+    (:func:`load`)."""
+    if loaded is None:
+        loaded = load(prefix, results)
     k = knee([r for res in loaded.values() for _, r in runs(res)])
     rows = []
     if k["knee_cores"] is not None:
         for name, res in loaded.items():
             if name.startswith(f"{prefix}pipeline_workers"):
                 rows += [{"file": name, **row} for row in budget(res, k["knee_cores"])]
-    return {"prefix": prefix, "files": len(files), "knee": k, "budget": rows}
+    return {"prefix": prefix, "files": len(loaded), "knee": k, "budget": rows}
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -11,8 +11,8 @@
   capacity search, against what 500 speakers under that knee allow (:mod:`bench.budget`).
 
 The files are those of the newest pass, named by its prefix (:data:`PASS_PREFIX`, the
-machine and pass of bench/README.md's newest section: ``genoa4_model.json``,
-``genoa4_frontend.json``, ``genoa4_pipeline_workers*.json``); ``--prefix`` picks another pass.
+machine and pass of bench/README.md's newest section: ``genoa5_model.json``,
+``genoa5_frontend.json``, ``genoa5_pipeline_workers*.json``); ``--prefix`` picks another pass.
 Without a prefix's files, the highest ``_vN`` of each older family (``model_artifact_v6.json``
 over ``model_artifact_v5.json``). Either way a fresh clone plots the same files as the author.
 """
@@ -169,19 +169,21 @@ def main(out_dir: Path = RESULTS, prefix: str = PASS_PREFIX) -> list[Path]:
             ax.legend(fontsize=7)
             fig.tight_layout()
             save(fig, name)
-    report = budget.analyse(prefix, RESULTS)
+    loaded = budget.load(prefix, RESULTS)
+    report = budget.analyse(prefix, loaded=loaded)
     if report["knee"]["runs"]:
-        save(_knee_figure(plt, prefix, report), "pipeline_knee.png")
+        save(_knee_figure(plt, prefix, loaded, report), "pipeline_knee.png")
     if report["budget"]:
         save(_budget_figure(plt, report), "pipeline_budget.png")
     return written
 
 
-def _knee_figure(plt, prefix: str, report: dict[str, Any]):
-    """Every pipeline run of the pass: p99 against the whole machine's busy cores."""
+def _knee_figure(plt, prefix: str, loaded: dict[str, dict[str, Any]], report: dict[str, Any]):
+    """Every pipeline run of the pass (``loaded``: :func:`bench.budget.load`): p99 against the
+    whole machine's busy cores."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for path in sorted(RESULTS.glob(f"{prefix}pipeline*.json")):
-        for chunk, r in budget.runs(_load(path) or {}):
+    for result in loaded.values():
+        for chunk, r in budget.runs(result):
             if r.get("machine_cores_busy") is None or r["latency_ms"]["p99"] is None:
                 continue
             ax.plot(r["machine_cores_busy"], r["latency_ms"]["p99"],
