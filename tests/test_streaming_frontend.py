@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from worker.frontend import FrontendConfig, window_features
-from worker.frontend import peak_scale
+from worker.frontend import GAIN_BLOCK, gain_from_peak, peak_scale
 from worker.streaming_frontend import (StreamingFrontend, block_maxima, gain_from_block_maxima,
                                          percentile_from_top, top_k_count)
 
@@ -66,24 +66,52 @@ def test_percentile_from_top_matches_numpy() -> None:
             float(np.percentile(v, 99.9)), rel=1e-6)
 
 
-@pytest.mark.parametrize("case", ["speech", "int16_ties", "silence", "constant", "one_spike",
-                                  "loud_tail", "short_window"])
-def test_gain_from_block_maxima_equals_peak_scale(case: str) -> None:
-    """The block-maximum search gives numpy's percentile gain exactly, ties and edges included."""
+def exhaustive_gain(x: np.ndarray, pct: float) -> float:
+    """The gain from one partition of every magnitude (what ``peak_scale`` did before the
+    block search)."""
+    return gain_from_peak(percentile_from_top(np.abs(x), x.size, pct))
+
+
+CASES = ["speech", "int16_ties", "silence", "constant", "one_spike", "loud_tail",
+         "short_window", "odd_length"]
+
+
+def gain_case(case: str) -> tuple[np.ndarray, float]:
     rng = np.random.default_rng(3)
     # short window at the median: k = 500 values decide it, more than its 3 blocks + tail bound
-    n, pct = (N, 99.9) if case != "short_window" else (1000, 50.0)
-    block = HOP
+    n, pct = {"short_window": (1000, 50.0), "odd_length": (N - 77, 99.9)}.get(case, (N, 99.9))
     x = {"speech": lambda: audio(3.0)[:n],
          "int16_ties": lambda: (np.round(rng.normal(0, 0.01, n) * 32768) / 32768),  # many equal values
          "silence": lambda: np.zeros(n),
          "constant": lambda: np.full(n, 0.25),
          "one_spike": lambda: np.where(np.arange(n) == 777, 0.9, rng.normal(0, 1e-3, n)),
          "loud_tail": lambda: np.where(np.arange(n) >= n - 100, 0.8, rng.normal(0, 0.1, n)),
-         "short_window": lambda: rng.normal(0, 0.1, n)}[case]().astype(np.float32)
-    whole = (n // block) * block
+         "short_window": lambda: rng.normal(0, 0.1, n),
+         "odd_length": lambda: audio(3.0)[:n]}[case]().astype(np.float32)
+    return x, pct
+
+
+@pytest.mark.parametrize("block", [HOP, GAIN_BLOCK])
+@pytest.mark.parametrize("case", CASES)
+def test_gain_from_block_maxima_equals_exhaustive(case: str, block: int) -> None:
+    """The block-maximum search gives numpy's percentile gain exactly, ties and edges included."""
+    x, pct = gain_case(case)
+    whole = (x.size // block) * block
     got = gain_from_block_maxima(x, block_maxima(x[:whole], block), block, pct)
-    assert got == peak_scale(x, pct)
+    assert got == exhaustive_gain(x, pct)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_peak_scale_equals_exhaustive(case: str) -> None:
+    x, pct = gain_case(case)
+    assert peak_scale(x, pct) == exhaustive_gain(x, pct)
+
+
+@pytest.mark.parametrize("where", [5, N - 80])  # in a whole block, in the 51-sample tail
+def test_peak_scale_with_nan_matches_exhaustive(where: int) -> None:
+    x = audio(3.0)[: N - 77].copy()
+    x[where] = np.nan
+    assert peak_scale(x) == exhaustive_gain(x, 99.9)  # NaN sorts last in the partition
 
 
 def test_block_maxima_rejects_partial_blocks() -> None:

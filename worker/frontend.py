@@ -192,11 +192,74 @@ def gain_from_peak(peak: float) -> float:
     return 1.0 / peak
 
 
+# samples per block of the peak-gain search (:func:`percentile_from_block_maxima`): a 3 s
+# window is 375 blocks. Finer blocks bound the deciding values more tightly (fewer samples to
+# search) but cost more maxima: 128 is the cheapest of 32-256 here (bench/README.md, section 24)
+GAIN_BLOCK = 128
+
+
+def block_maxima(samples: np.ndarray, block: int, *, magnitudes: bool = False) -> np.ndarray:
+    """``max |x|`` of each ``block``-sample block of ``samples`` (a whole number of blocks;
+    ``magnitudes``: ``samples`` already hold ``|x|``). ``maximum.reduceat`` over the flat
+    array: ~2x faster than ``max(axis=1)`` on 256-sample rows."""
+    if samples.shape[0] % block:
+        raise ValueError(f"{samples.shape[0]} samples are not whole {block}-sample blocks")
+    if samples.shape[0] == 0:
+        return np.zeros(0, dtype=np.float32)
+    mag = samples if magnitudes else np.abs(samples)
+    return np.maximum.reduceat(mag, _block_starts(samples.shape[0], block))
+
+
+@functools.lru_cache(maxsize=64)
+def _block_starts(n: int, block: int) -> np.ndarray:
+    return np.arange(0, n, block)
+
+
+def percentile_from_block_maxima(samples: np.ndarray, maxima: np.ndarray, block: int,
+                                 percentile: float, *, magnitudes: bool = False) -> float:
+    """numpy's linear ``percentile`` of ``|samples|`` (bit for bit what
+    ``percentile_from_top(np.abs(samples), n, percentile)`` gives) from the maxima of its whole
+    ``block``-sample blocks (:func:`block_maxima`; the samples after the last whole block are
+    read directly). ``magnitudes``: ``samples`` already hold ``|x|``.
+
+    The block maxima and the tail samples are distinct samples, so their k-th largest (``k``
+    from :func:`top_k_count`) is a lower bound of the k-th largest of all: every value that can
+    decide the percentile lies in a block whose maximum reaches the bound. Only those blocks
+    (about ``k`` of them) are searched instead of every sample."""
+    n = samples.shape[0]
+    whole = maxima.shape[0] * block
+    tail = samples[whole:] if magnitudes else np.abs(samples[whole:])
+    firsts = np.concatenate([maxima, tail]) if tail.shape[0] else maxima
+    k = top_k_count(n, percentile)
+    if k > firsts.shape[0]:  # too few blocks to bound the k-th largest: search everything
+        return percentile_from_top(samples if magnitudes else np.abs(samples), n, percentile)
+    bound = np.partition(firsts, firsts.shape[0] - k)[firsts.shape[0] - k]
+    hit = np.flatnonzero(maxima >= bound)
+    values = samples[:whole].reshape(-1, block)[hit].reshape(-1)
+    if not magnitudes:
+        values = np.abs(values)
+    candidates = values[values >= bound]
+    if tail.shape[0]:
+        candidates = np.concatenate([candidates, tail[tail >= bound]])
+    return percentile_from_top(candidates, n, percentile)
+
+
 def peak_scale(samples: np.ndarray, percentile: float = 99.9) -> float:
-    """Gain that maps the ``percentile``-th percentile of ``|samples|`` to 1 (1.0 for silence)."""
+    """Gain that maps the ``percentile``-th percentile of ``|samples|`` to 1 (1.0 for silence).
+
+    The percentile comes from the block-maximum search (:func:`percentile_from_block_maxima`,
+    blocks of ``GAIN_BLOCK``): for a 3 s window ~5x cheaper than one partition of all 48,000
+    magnitudes (bench/README.md, section 24), with the same two order statistics. A NaN
+    anywhere gives what the exhaustive partition gives (its NaNs sort last)."""
     if samples.size == 0:
         return 1.0
-    return gain_from_peak(percentile_from_top(np.abs(samples), samples.size, percentile))
+    mag = np.abs(np.asarray(samples).reshape(-1))
+    whole = (mag.shape[0] // GAIN_BLOCK) * GAIN_BLOCK
+    maxima = block_maxima(mag[:whole], GAIN_BLOCK, magnitudes=True)
+    if math.isnan(float(maxima.max() if whole else 0.0)) or np.isnan(mag[whole:]).any():
+        return gain_from_peak(percentile_from_top(mag, mag.shape[0], percentile))
+    return gain_from_peak(percentile_from_block_maxima(mag, maxima, GAIN_BLOCK, percentile,
+                                                       magnitudes=True))
 
 
 def frames(samples: np.ndarray, frame_length: int = 1024, hop_length: int = 256) -> np.ndarray:

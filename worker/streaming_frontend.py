@@ -10,10 +10,11 @@ and the window's own peak gain: mel energies are linear in the signal's gain, so
 
 The peak gain is the ``peak_percentile``-th percentile of ``|x|`` over the window's real samples.
 Only the top ``k`` values of a window decide it (``k = n - floor(q (n - 1))``, 49 for 48,000
-samples). Each hop-sized block's maximum is kept (computed once per block); the k-th largest
-of a window's block maxima bounds its k-th largest sample from below, so only the blocks whose
-maximum reaches that bound (usually exactly ``k`` of the 187) are searched
-(:func:`gain_from_block_maxima`).
+samples). The maximum of each ``GAIN_BLOCK``-sample block (128: two per frame hop) is kept,
+computed once per block; the k-th largest of a window's block maxima bounds its k-th largest
+sample from below, so only the blocks whose maximum reaches that bound (about ``k`` of the
+375) are searched (:func:`gain_from_block_maxima`; the plain ``peak_scale`` does the same
+search from scratch).
 
 Windows whose start is not a multiple of ``hop_length``, and end-of-stream partial windows,
 fall back to the plain path (``window_features``: zero-padded by ``pad_window``).
@@ -34,16 +35,16 @@ Usage (per speaker)::
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 
-from worker.frontend import (FrontendConfig, features_from_mel, gain_from_peak, mel_energies,
+from worker.frontend import (GAIN_BLOCK, FrontendConfig, block_maxima, features_from_mel,
+                             gain_from_peak, mel_energies, percentile_from_block_maxima,
                              percentile_from_top, top_k_count, window_features)
 
-__all__ = ["StreamingFrontend", "WindowMelCache", "block_maxima", "gain_from_block_maxima",
-           "percentile_from_top", "top_k_count"]
+__all__ = ["StreamingFrontend", "WindowMelCache", "block_maxima", "gain_block",
+           "gain_from_block_maxima", "percentile_from_top", "top_k_count"]
 
 
 class StreamingFrontend:
@@ -55,7 +56,8 @@ class StreamingFrontend:
         self.cfg = cfg
         self.hop = cfg.hop_length
         self.n = cfg.window_samples
-        self.full_blocks = self.n // self.hop          # 187 for 48,000 samples
+        self.block = gain_block(self.hop)             # samples per cached block maximum
+        self.full_blocks = self.n // self.block        # 375 blocks of 128 in 48,000 samples
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -66,7 +68,7 @@ class StreamingFrontend:
         self._raw = np.zeros(0, dtype=np.float32)
         self._pending: list[np.ndarray] = []  # pushed, not yet joined to _raw
         self._mel = np.zeros((0, self.cfg.num_mel_bins), dtype=np.float32)  # frames from base/hop
-        self._max = np.zeros(0, dtype=np.float32)  # per block of hop samples, from base/hop: max |x|
+        self._max = np.zeros(0, dtype=np.float32)  # per block, from base/block: max |x|
 
     @property
     def frames_done(self) -> int:
@@ -108,10 +110,11 @@ class StreamingFrontend:
             lo = f0 * hop - self.base
             hi = (f1 - 1) * hop + cfg.frame_length - self.base
             self._mel = np.concatenate([self._mel, mel_energies(self._raw[lo:hi], cfg)])
-        b0 = self.base // hop + self._max.shape[0]
-        b1 = end_sample // hop
+        bl = self.block
+        b0 = self.base // bl + self._max.shape[0]
+        b1 = end_sample // bl
         if b1 > b0:
-            maxima = block_maxima(self._raw[b0 * hop - self.base : b1 * hop - self.base], hop)
+            maxima = block_maxima(self._raw[b0 * bl - self.base : b1 * bl - self.base], bl)
             self._max = np.concatenate([self._max, maxima])
 
     def discard_before(self, sample: int) -> None:
@@ -123,7 +126,7 @@ class StreamingFrontend:
         drop = (cut - self.base) // self.hop
         self._raw = self._raw[cut - self.base :].copy()
         self._mel = self._mel[drop:].copy()
-        self._max = self._max[drop:].copy()
+        self._max = self._max[(cut - self.base) // self.block :].copy()
         self.base = cut
 
     # ------------------------------------------------------------------ windows
@@ -183,49 +186,24 @@ class StreamingFrontend:
 
     def _gain(self, start: int) -> float:
         """``peak_scale`` of the window's samples from the cached block maxima."""
-        block = (start - self.base) // self.hop
+        block = (start - self.base) // self.block
         lo = start - self.base
         return gain_from_block_maxima(self._raw[lo : lo + self.n],
                                       self._max[block : block + self.full_blocks],
-                                      self.hop, self.cfg.peak_percentile)
-
-
-def block_maxima(samples: np.ndarray, block: int) -> np.ndarray:
-    """``max |x|`` of each ``block``-sample block of ``samples`` (a whole number of blocks).
-    ``maximum.reduceat`` over the flat array: ~2x faster than ``max(axis=1)`` on 256-sample rows."""
-    if samples.shape[0] % block:
-        raise ValueError(f"{samples.shape[0]} samples are not whole {block}-sample blocks")
-    if samples.shape[0] == 0:
-        return np.zeros(0, dtype=np.float32)
-    return np.maximum.reduceat(np.abs(samples), _block_starts(samples.shape[0], block))
-
-
-@functools.lru_cache(maxsize=64)
-def _block_starts(n: int, block: int) -> np.ndarray:
-    return np.arange(0, n, block)
+                                      self.block, self.cfg.peak_percentile)
 
 
 def gain_from_block_maxima(samples: np.ndarray, maxima: np.ndarray, block: int,
                            percentile: float) -> float:
     """``peak_scale(samples)`` (bit for bit) from the maxima of its whole ``block``-sample
-    blocks (:func:`block_maxima`; the samples after the last whole block are read directly).
+    blocks (:func:`worker.frontend.percentile_from_block_maxima`)."""
+    return gain_from_peak(percentile_from_block_maxima(samples, maxima, block, percentile))
 
-    The block maxima and the tail samples are distinct samples of the window, so their k-th
-    largest (``k`` from :func:`top_k_count`) is a lower bound of the window's k-th largest
-    value: every value that can decide the percentile lies in a block whose maximum reaches
-    the bound. Those blocks (usually exactly ``k``) are searched instead of all the samples."""
-    n = samples.shape[0]
-    whole = maxima.shape[0] * block
-    tail = np.abs(samples[whole:])
-    firsts = np.concatenate([maxima, tail])
-    k = top_k_count(n, percentile)
-    if k > firsts.shape[0]:  # too few blocks to bound the k-th largest: search everything
-        return gain_from_peak(percentile_from_top(np.abs(samples), n, percentile))
-    bound = np.partition(firsts, firsts.shape[0] - k)[firsts.shape[0] - k]
-    hit = np.flatnonzero(maxima >= bound)
-    values = np.abs(samples[:whole].reshape(-1, block)[hit]).reshape(-1)
-    candidates = np.concatenate([values[values >= bound], tail[tail >= bound]])
-    return gain_from_peak(percentile_from_top(candidates, n, percentile))
+
+def gain_block(frame_hop: int) -> int:
+    """Samples per cached block maximum: ``GAIN_BLOCK`` when it divides the frame hop (a
+    window that starts on the frame grid then starts on the block grid), else the hop."""
+    return GAIN_BLOCK if frame_hop % GAIN_BLOCK == 0 else frame_hop
 
 
 # windows per FFT call: 63 new frames of 4 windows (1 MB) stay in the CPU caches; 32 windows'
@@ -241,8 +219,8 @@ class WindowMelCache:
     multiple of ``hop_length`` (the worker's :func:`worker.windowing.effective_hop_samples`),
     window ``k+1`` starts on window ``k``'s frame grid and its first ``(W - H) / 256`` frames
     were already computed. Per speaker this keeps only those rows (~121 x 128 float32 = 62 KB at
-    a 1.008 s hop) and the maxima of the same span's 256-sample blocks (what the peak gain
-    needs, as :class:`StreamingFrontend` keeps them: 124 float32), with the stream
+    a 1.008 s hop) and the maxima of the same span's 128-sample blocks (what the peak gain
+    needs, as :class:`StreamingFrontend` keeps them: 249 float32), with the stream
     sample of the first one and the generation of the speaker's buffer (``Window.stream_gen``:
     a resumed or re-created speaker never reuses rows of an earlier buffer). A batch's new
     frames are transformed in one call per reuse depth, so 32 speakers' 63 new frames cost one
@@ -261,7 +239,9 @@ class WindowMelCache:
         self.enabled = (cfg.input_type != "spectrogram" and hop_samples > 0
                         and hop_samples % cfg.hop_length == 0)
         self.keep_from_row = hop_samples // cfg.hop_length if self.enabled else 0
-        self.full_blocks = cfg.window_samples // cfg.hop_length   # 187 blocks of 256 in 48,000
+        self.block = gain_block(cfg.hop_length)      # samples per cached block maximum
+        self.per_row = cfg.hop_length // self.block  # block maxima per frame hop (2)
+        self.full_blocks = cfg.window_samples // self.block   # 375 blocks of 128 in 48,000
         self.max_entries = max_entries
         # key -> (gen, stream sample of rows[0] and maxima[0], mel rows, block maxima)
         self._rows: "OrderedDict[object, tuple[int, int, np.ndarray, np.ndarray]]" = OrderedDict()
@@ -311,8 +291,9 @@ class WindowMelCache:
             if frames_in <= 0:
                 continue
             rows = mel_energies(samples[: (frames_in - 1) * fh + cfg.frame_length], cfg)
+            bl = self.block
             self._remember(key, (gen, start, rows,
-                                 block_maxima(samples[: (samples.shape[0] // fh) * fh], fh)))
+                                 block_maxima(samples[: (samples.shape[0] // bl) * bl], bl)))
             done += frames_in
         self.computed_rows += done
         return done
@@ -341,6 +322,7 @@ class WindowMelCache:
     def _round(self, items) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`mel_and_gain` of windows of distinct speakers."""
         cfg, fh, t, nb = self.cfg, self.frame_hop, self.cfg.num_frames, self.full_blocks
+        bl, per_row = self.block, self.per_row
         n = cfg.window_samples
         mel = np.empty((len(items), t, cfg.num_mel_bins), dtype=np.float32)
         gains = np.empty(len(items), dtype=np.float32)
@@ -353,13 +335,13 @@ class WindowMelCache:
                 _, c_start, rows, c_max = self._rows[key]
                 d = (start - c_start) // fh
                 mel[i, :m] = rows[d : d + m]
-                mb = min(m, nb)
-                block_max = np.concatenate([c_max[d : d + mb],
-                                            block_maxima(samples[mb * fh : nb * fh], fh)])
+                mb = min(m * per_row, nb)
+                block_max = np.concatenate([c_max[d * per_row : d * per_row + mb],
+                                            block_maxima(samples[mb * bl : nb * bl], bl)])
             else:
-                block_max = block_maxima(samples[: nb * fh], fh)
+                block_max = block_maxima(samples[: nb * bl], bl)
             maxima.append(block_max)
-            gains[i] = gain_from_block_maxima(samples[:n], block_max, fh, pct)
+            gains[i] = gain_from_block_maxima(samples[:n], block_max, bl, pct)
         by_depth: dict[int, list[int]] = {}
         for i, m in enumerate(depth):
             if m < t:
@@ -374,7 +356,7 @@ class WindowMelCache:
             keep = self.keep_from_row
             for i, (key, gen, start, _) in enumerate(items):
                 self._remember(key, (gen, start + keep * fh, mel[i, keep:].copy(),  # not views
-                                     maxima[i][keep:].copy()))
+                                     maxima[i][keep * per_row :].copy()))
         return mel, gains
 
     def _remember(self, key, entry: tuple) -> None:
