@@ -11,8 +11,8 @@
   capacity search, against what 500 speakers under that knee allow (:mod:`bench.budget`).
 
 The files are those of the newest pass, named by its prefix (:data:`PASS_PREFIX`, the
-machine and pass of bench/README.md's newest section: ``genoa6_model.json``,
-``genoa6_frontend.json``, ``genoa6_pipeline_workers*.json``); ``--prefix`` picks another pass.
+machine and pass of bench/README.md's newest section: ``intel_c_model.json``,
+``intel_c_frontend.json``, ``intel_c_pipeline_workers*.json``); ``--prefix`` picks another pass.
 Without a prefix's files, the highest ``_vN`` of each older family (``model_artifact_v6.json``
 over ``model_artifact_v5.json``). Either way a fresh clone plots the same files as the author.
 """
@@ -26,7 +26,7 @@ from typing import Any
 
 from bench import budget
 from bench.common import RESULTS
-PASS_PREFIX = "genoa6_"  # bench/README.md section 24
+PASS_PREFIX = "intel_c_"  # bench/README.md section 25
 
 
 def _version(path: Path) -> int:
@@ -136,16 +136,19 @@ def main(out_dir: Path = RESULTS, prefix: str = PASS_PREFIX) -> list[Path]:
         fig.tight_layout()
         save(fig, "frontend_cpu.png")
 
-    searches = [r for r in (_load(p) for p in src["pipeline"]) if r and r.get("per_chunk_ms")]
+    searches = [(p, r) for p, r in ((p, _load(p)) for p in src["pipeline"])
+                if r and r.get("per_chunk_ms")]
     if searches:
         fig_l, ax_l = plt.subplots(figsize=(8, 4.5))
         fig_r, ax_r = plt.subplots(figsize=(8, 4.5))
-        for r in searches:
+        for path, r in searches:
             workers = r["workers"]
             linger = r.get("producer_linger_ms")
+            # several searches of one pass: each named by its file
+            which = f" ({Path(path).stem})" if len(searches) > 1 else ""
             for chunk, steps in sorted(_steps(r).items()):
                 label = (f"{workers} worker{'s' if workers > 1 else ''}, {chunk} ms chunks"
-                         + (f", linger {linger} ms" if linger is not None else ""))
+                         + (f", linger {linger} ms" if linger is not None else "") + which)
                 # every run a dot; the line through the median of the runs at each N
                 n = [s["speakers"] for s in steps]
                 by_n = _medians(steps)
