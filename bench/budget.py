@@ -85,8 +85,11 @@ def budget(result: dict[str, Any], knee_cores: float) -> list[dict[str, Any]]:
         if not good:
             continue
         top = entry.get("first_failing") or good
+        # a step the search did not count ran beside other processes' load (its machine cost
+        # is theirs too): left out
         costs = [c for _, r in runs({"per_chunk_ms": {chunk: entry}})
-                 if good / 2 <= r["speakers"] <= top and (c := cpu_per_speaker(r)) is not None]
+                 if good / 2 <= r["speakers"] <= top and r.get("counted", True)
+                 and (c := cpu_per_speaker(r)) is not None]
         if not costs:
             continue
         med = {k: round(statistics.median(c[k] for c in costs), 2) for k in costs[0]}

@@ -68,6 +68,14 @@ def test_budget_takes_the_runs_near_the_edge_and_predicts_speakers_at_the_knee()
     assert budget.budget(search(0, 32, steps[:1]), knee_cores=1.5) == []  # nothing passed
 
 
+def test_budget_leaves_out_the_steps_the_search_did_not_count() -> None:
+    # 512 first failed beside other processes' load (not counted), then ran clean
+    disturbed = {**run(512, 1.9, 600.0), "counted": False}                # 3.7 ms per speaker-s
+    steps = [run(256, 0.768, 80.0), run(400, 1.4, 200.0), disturbed, run(512, 1.6384, 600.0)]
+    row = budget.budget(search(400, 512, steps), knee_cores=1.5)[0]
+    assert row["runs"] == 3 and row["cpu_ms_per_speaker_s"]["machine"] == 3.2
+
+
 def test_analyse_reads_a_pass_and_prints_both_tables(tmp_path: Path) -> None:
     steps = [run(n, 0.003 * n, 100.0 if n <= 400 else 500.0, workers=0.002 * n,
                  broker=0.0007 * n, bench=0.0003 * n) for n in (128, 256, 400, 512)]
