@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from bench.common import RESULTS
-from bench.pipeline import P99_LIMIT_MS, passed  # the capacity search's own verdict
+from bench.pipeline import P99_LIMIT_MS, counted, passed  # the capacity search's own verdicts
 # machine busy-core edges of the knee table (2-vCPU machines)
 EDGES = (0.0, 1.3, 1.4, 1.5, 1.6, float("inf"))
 
@@ -88,7 +88,7 @@ def budget(result: dict[str, Any], knee_cores: float) -> list[dict[str, Any]]:
         # a step the search did not count ran beside other processes' load (its machine cost
         # is theirs too): left out
         costs = [c for _, r in runs({"per_chunk_ms": {chunk: entry}})
-                 if good / 2 <= r["speakers"] <= top and r.get("counted", True)
+                 if good / 2 <= r["speakers"] <= top and counted(r)
                  and (c := cpu_per_speaker(r)) is not None]
         if not costs:
             continue

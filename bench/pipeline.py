@@ -65,6 +65,12 @@ def other_cores(run: dict[str, Any]) -> float | None:
         return None
 
 
+def counted(run: dict[str, Any]) -> bool:
+    """Whether the capacity search counted the run (it leaves out a failure that outside load
+    disturbed, :func:`search_capacity`)."""
+    return run.get("counted", True)
+
+
 def disturbed(run: dict[str, Any]) -> bool:
     """Whether other processes took more than ``OTHER_LOAD_LIMIT_CORES`` during the run."""
     other = other_cores(run)
@@ -446,7 +452,7 @@ def efficiency_at_capacity(per_size: dict[str, Any], bare_s: float,
     for size, entry in per_size.items():
         n = entry.get("max_speakers_p99_le_250ms")
         steps = [r for r in entry.get("search", entry.get("runs", []))
-                 if r["speakers"] == n and r.get("counted", True)]
+                 if r["speakers"] == n and counted(r)]
         if not steps:
             continue
         per_window = statistics.median(r["worker_cpu_ms_per_window"] for r in steps)
@@ -627,7 +633,7 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
                                     limit=16 if quick else max_speakers, bisect=not quick,
                                     confirm=0 if quick else confirm, disturbed=disturbed)
             good = found["max_speakers"]
-            at_max = [r for r in found["steps"] if r["speakers"] == good and r.get("counted", True)]
+            at_max = [r for r in found["steps"] if r["speakers"] == good and counted(r)]
             entry: dict[str, Any] = {
                 "max_speakers_p99_le_250ms": good, "first_failing": found["first_failing"],
                 "peak_rss_mb_at_max": max((r["peak_rss_mb"] for r in at_max), default=None),
