@@ -399,3 +399,106 @@ def test_direct_delivery_patch_installs_once_on_the_conductors_handler_hook():
     # the conductor still builds its per-partition callbacks through the patched hook: a faust
     # upgrade that stops doing so makes this fail rather than silently losing the direct path
     assert "self._build_handler(" in inspect.getsource(Conductor._update_callback_map)
+
+
+# --------------------------------------------------------------------------- consumer in the loop
+
+
+def test_create_app_runs_the_consumer_on_its_own_loop_only_when_asked():
+    from sernet.settings import Settings
+    from worker.app import create_app
+
+    app, _ = create_app(Settings(web_port=0, consumer_in_loop=1))
+    service = app.consumer._thread
+    assert type(service).__name__ == "InLoopConsumerThread"
+    assert service.thread_loop is app.loop and service.parent_loop is app.loop
+    app_off, _ = create_app(Settings(web_port=0, consumer_in_loop=0))
+    service = app_off.consumer._thread
+    assert type(service).__name__ == "AIOKafkaConsumerThread"
+    assert service.thread_loop is not app_off.loop  # Faust's thread, with a loop of its own
+
+
+def test_consumer_in_loop_patch_installs_once_on_faust_consumers_thread_factory():
+    from faust.transport.drivers.aiokafka import Consumer
+
+    from worker.faust_patches import patch_consumer_in_loop
+
+    assert_installs_once(patch_consumer_in_loop, Consumer, "_new_consumer_thread",
+                         "_sernet_consumer_in_loop")
+
+
+def test_in_loop_consumer_runs_calls_and_rebalance_callbacks_in_place():
+    import threading
+
+    from faust.types import TP
+
+    from sernet.settings import Settings
+    from worker.app import create_app
+
+    async def main():
+        app, _ = create_app(Settings(web_port=0, consumer_in_loop=1))
+        service = app.consumer._thread
+        here = (threading.get_ident(), asyncio.get_running_loop())
+        seen = []
+
+        async def coroutine_call(x):
+            seen.append((threading.get_ident(), asyncio.get_running_loop()))
+            return x + 1
+
+        def plain_call(x):  # aiokafka's subscribe is one of these
+            seen.append((threading.get_ident(), asyncio.get_running_loop()))
+            return x * 2
+
+        assert await service.call_thread(coroutine_call, 1) == 2
+        assert await service.call_thread(plain_call, 3) == 6
+        assert seen == [here, here]
+        with pytest.raises(ZeroDivisionError):  # errors reach the caller, as through the queue
+            await service.call_thread(lambda: 1 / 0)
+
+        calls = []
+
+        async def revoked(tps):
+            calls.append(("revoked", tps))
+
+        async def assigned(tps, generation_id=0):
+            calls.append(("assigned", tps, generation_id))
+
+        app.consumer.on_partitions_revoked = revoked
+        app.consumer.on_partitions_assigned = assigned
+        tps = {TP("sernet.audio", 0)}
+        await service.on_partitions_revoked(tps)
+        await service.on_partitions_assigned(tps, 7)
+        assert calls == [("revoked", tps), ("assigned", tps, 7)]
+        assert service._method_queue is None  # no queue was needed for any of it
+
+    run(main)
+
+
+def test_in_loop_consumer_starts_talks_to_a_real_broker_and_stops_without_a_thread(broker):
+    import threading
+
+    from faust.types import TP
+
+    from sernet.settings import Settings
+    from worker.app import create_app
+    from sernet.kafka import create_topics_sync
+
+    settings = Settings(broker_url=broker.url, web_port=0, partitions=3, consumer_in_loop=1)
+    create_topics_sync(settings)
+
+    async def main():
+        app, _ = create_app(settings)
+        service = app.consumer._thread
+        before = threading.active_count()
+        await service.start()
+        try:
+            assert threading.active_count() == before  # no consumer thread
+            consumer = service._ensure_consumer()
+            tp = TP(settings.input_topic, 0)
+            assert await service.earliest_offsets(tp) == {tp: 0}  # a request through the loop
+        finally:
+            await service.stop()
+        assert consumer._closed and service._shutdown.is_set()
+        assert threading.active_count() == before
+
+    run(main)

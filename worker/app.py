@@ -49,8 +49,8 @@ from schemas import (AudioChunk, DeadLetter, EmotionEvent, ModelInfo, SchemaErro
                      encode, make_event_id, message_key, parse_message_key)
 from sernet.settings import Settings
 from worker.aio import bounded
-from worker.faust_patches import (patch_direct_delivery, patch_eager_delivery, patch_fetch_max_wait,
-                                  patch_stream_yield)
+from worker.faust_patches import (patch_consumer_in_loop, patch_direct_delivery, patch_eager_delivery,
+                                  patch_fetch_max_wait, patch_stream_yield)
 from worker.frontend import FrontendConfig
 from worker.logs import get_logger
 from worker.metrics import Metrics
@@ -503,6 +503,8 @@ def create_app(settings: Settings, model_bundle=None):
     patch_stream_yield(settings.stream_yield_every)  # not a loop turn per chunk
     app.sernet_fetch_max_wait_ms = settings.fetch_max_wait_ms
     app.sernet_fetch_min_bytes = settings.fetch_min_bytes
+    app.sernet_consumer_in_loop = bool(settings.consumer_in_loop)
+    patch_consumer_in_loop()  # only apps with sernet_consumer_in_loop set drop the thread
 
     # offset of the last message handed to the pipeline, per partition: the lag gauge is
     # refreshed from it with the pipeline's other gauges (at most every GAUGE_PERIOD_S), not

@@ -1,4 +1,4 @@
-"""Four narrow patches to faust-streaming, applied by :func:`worker.app.create_app`.
+"""Five narrow patches to faust-streaming, applied by :func:`worker.app.create_app`.
 
 * :func:`patch_fetch_max_wait`: the worker consumer's fetch wait and minimum fetch size become
   settings (Faust hard-codes a 1.5 s wait, which tansu holds in full when no data is there).
@@ -27,6 +27,14 @@
   and the consumer's ack tracking are Faust's, as in the stream; the handler acks each message
   (``message.ack(consumer)``) when it is done with it. The agent that subscribes the topic
   stays, so the subscription, start-up and rebalances are unchanged; it just sees no messages.
+* :func:`patch_consumer_in_loop`: Faust runs its aiokafka consumer in a thread of its own, with
+  its own event loop; every fetch, commit and seek from the app is a call through a method
+  queue into that thread and a future set back across it (``call_thread``), and aiokafka's
+  fetch and record parsing run there, beside the app's loop, switching the GIL with it. With
+  ``app.sernet_consumer_in_loop`` set, ``InLoopConsumerThread`` keeps Faust's consumer
+  service and its interface but starts it on the app's loop, without a thread, and awaits each
+  call directly; rebalance callbacks reach the app's consumer directly instead of through the
+  method queue.
 
 The patches are idempotent (the stream yield's pacing is whatever it was last set to), leave
 every other use of the patched code alone, and are tested against the real classes
@@ -36,6 +44,8 @@ every other use of the patched code alone, and are tested against the real class
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 from typing import Any, Coroutine
 
 
@@ -249,3 +259,81 @@ def patch_direct_delivery() -> None:
 
     Conductor._build_handler = _build_handler
     Conductor._sernet_direct_delivery = True
+
+
+@functools.cache
+def in_loop_consumer_thread_class():
+    """``InLoopConsumerThread``, built on first use (Faust is imported lazily)."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+    from mode.utils.futures import maybe_async
+    from mode.utils.loops import get_event_loop
+
+    class InLoopConsumerThread(AIOKafkaConsumerThread):
+        """Faust's aiokafka consumer service on the app's own loop: no thread, no method queue.
+
+        ``mode``'s ``ServiceThread`` takes a ``thread_loop``; giving it the app's loop makes the
+        service's events, futures and tasks live there. ``start`` then does what the thread
+        would have done (``_default_start``), ``stop`` what the thread's shutdown would have
+        (``_shutdown_thread``: stop the aiokafka consumer, the children, the futures), and
+        ``call_thread`` awaits the call in place."""
+
+        def __init__(self, consumer, *, loop=None, **kwargs) -> None:
+            loop = loop or get_event_loop()
+            super().__init__(consumer, loop=loop, thread_loop=loop, **kwargs)
+
+        async def start(self) -> None:
+            self._thread_started.set()
+            await self._default_start()
+
+        async def maybe_start(self) -> bool:
+            if self._thread_started.is_set():
+                return False
+            await self.start()
+            return True
+
+        async def stop(self) -> None:
+            if not self._started.is_set() or self._stopped.is_set():
+                return
+            self._stopped.set()
+            await self.on_stop()
+            await self._shutdown_thread()  # the aiokafka consumer, children, futures, stacks
+            await self.on_shutdown()
+
+        def set_shutdown(self) -> None:
+            self._shutdown.set()  # same loop: no hand-off to schedule
+
+        async def call_thread(self, fun, *args, **kwargs):
+            # what the thread's method queue does with the call (some, like aiokafka's
+            # ``subscribe``, are plain functions), without the queue and the cross-thread future
+            return await maybe_async(fun(*args, **kwargs))
+
+        async def cast_thread(self, fun, *args, **kwargs) -> None:
+            result = fun(*args, **kwargs)
+            if inspect.isawaitable(result):
+                self.add_future(result)
+
+        async def on_partitions_revoked(self, revoked) -> None:
+            await self.consumer.on_partitions_revoked(revoked)
+
+        async def on_partitions_assigned(self, assigned, generation_id: int = 0) -> None:
+            await self.consumer.on_partitions_assigned(assigned, generation_id)
+
+    return InLoopConsumerThread
+
+
+def patch_consumer_in_loop() -> None:
+    """Make faust's aiokafka ``Consumer`` build an :class:`InLoopConsumerThread` for apps with
+    ``app.sernet_consumer_in_loop`` set; other apps keep Faust's thread. Idempotent."""
+    from faust.transport.drivers.aiokafka import Consumer
+
+    if getattr(Consumer, "_sernet_consumer_in_loop", False):
+        return
+    original = Consumer._new_consumer_thread
+
+    def _new_consumer_thread(self):
+        if getattr(self.app, "sernet_consumer_in_loop", False):
+            return in_loop_consumer_thread_class()(self, loop=self.loop, beacon=self.beacon)
+        return original(self)
+
+    Consumer._new_consumer_thread = _new_consumer_thread
+    Consumer._sernet_consumer_in_loop = True
