@@ -49,6 +49,7 @@ class Settings:
     stream_fast_path: int = 1
     direct_delivery: int = 1
     consumer_in_loop: int = 1
+    score_in_loop: int = 1
     # -- security (every Kafka client: producers, worker, events tail)
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
@@ -90,6 +91,8 @@ class Settings:
             raise bad("direct_delivery", "must be 0 or 1")
         if self.consumer_in_loop not in (0, 1):
             raise bad("consumer_in_loop", "must be 0 or 1")
+        if self.score_in_loop not in (0, 1):
+            raise bad("score_in_loop", "must be 0 or 1")
         if self.fetch_max_wait_ms < 0:
             raise bad("fetch_max_wait_ms", "must be >= 0")
         if self.fetch_min_bytes < 1:
@@ -213,6 +216,7 @@ FIELDS: dict[str, FieldSpec] = {
     "stream_fast_path": FieldSpec("SERNET_STREAM_FAST_PATH", int, "1: Faust's opt-in cython_optimizations (the stream takes queued chunks without awaiting the channel per chunk); 0: Faust's default."),
     "direct_delivery": FieldSpec("SERNET_DIRECT_DELIVERY", int, "1: the consumer hands each audio chunk to the pipeline directly (no Faust Event, channel queue or stream per chunk); 0: through Faust's agent stream."),
     "consumer_in_loop": FieldSpec("SERNET_CONSUMER_IN_LOOP", int, "1: the worker's Kafka consumer runs on its event loop (no consumer thread, no cross-thread call per fetch); 0: in Faust's consumer thread."),
+    "score_in_loop": FieldSpec("SERNET_SCORE_IN_LOOP", int, "1: frontend and model run on the worker's event loop thread (one thread, no hand-off per batch; the loop waits while a batch is scored); 0: in a scoring thread beside the loop."),
     "security_protocol": FieldSpec("SERNET_SECURITY_PROTOCOL", _upper, "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."),
     "sasl_mechanism": FieldSpec("SERNET_SASL_MECHANISM", lambda r: _upper(r) or None, "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."),
     "sasl_username": FieldSpec("SERNET_SASL_USERNAME", _opt_str, "SASL user name."),

@@ -230,6 +230,20 @@ def test_metric_total_sums_one_metric_over_its_labels_only() -> None:
     assert metric_total(text, "sernet_batch_size_count") == 12.0
     assert metric_total(text, "sernet_windows_total") == 9.0
     assert metric_total(text, "sernet_missing") == 0.0
+    assert metric_total(text, "sernet_windows_total", kind="final") == 2.0
+    assert metric_total(text, "sernet_windows_total", kind="other") == 0.0
+
+
+def test_scoring_on_the_loop_moves_its_counted_cpu_from_the_loop_to_scoring() -> None:
+    from bench.pipeline import with_scoring_on_loop
+
+    split = {"event_loop": 3.0, "scoring": 0.05, "other": 0.01}  # one busy thread per worker
+    texts = ['sernet_scoring_cpu_seconds_total{thread="loop"} 1.5\n',
+             'sernet_scoring_cpu_seconds_total{thread="loop"} 0.5\n']
+    assert with_scoring_on_loop(split, texts, windows=1000) == {
+        "event_loop": 1.0, "scoring": 2.0, "other": 0.06}
+    executor = ['sernet_scoring_cpu_seconds_total{thread="executor"} 2.0\n']
+    assert with_scoring_on_loop(split, executor, windows=1000) == split  # thread split stands
 
 
 def test_scorer_batches_rates_are_per_second_of_the_step_and_wall_per_window() -> None:

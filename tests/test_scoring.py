@@ -61,3 +61,40 @@ def test_a_full_batch_is_cut_at_once_and_the_rest_follows_in_order() -> None:
 def test_a_window_after_the_wait_starts_a_new_batch() -> None:
     batches = _run([(0, "a"), (0.25, "b")], batch_size=32, batch_wait_s=0.05)
     assert batches == [["a"], ["b"]]
+
+
+def test_in_loop_scoring_runs_on_the_loops_thread_and_the_executor_mode_does_not() -> None:
+    import threading
+
+    def threads_seen(in_loop: bool) -> set[int]:
+        seen: set[int] = set()
+
+        class Recording(_Scorer):
+            def lead_and_score(self, items):
+                seen.add(threading.get_ident())
+                return super().lead_and_score(items)
+
+        batches: list = []
+
+        async def on_scored(windows, scores):
+            batches.append(list(windows))
+
+        async def go():
+            bs = BatchScorer(Recording(), on_scored, batch_size=2, batch_wait_s=0.01,
+                             in_loop=in_loop)
+            bs.start()
+            for i in range(5):
+                await bs.put(i)
+            for _ in range(200):
+                await asyncio.sleep(0.01)
+                if bs.idle:
+                    break
+            await bs.stop()
+
+        asyncio.run(go())
+        assert [w for b in batches for w in b] == [0, 1, 2, 3, 4]  # same batches, same order
+        return seen
+
+    here = threading.get_ident()
+    assert threads_seen(in_loop=True) == {here}
+    assert here not in threads_seen(in_loop=False)

@@ -4,7 +4,8 @@ Flow per message (the agent consumes with ``noack``: *we* decide when an offset 
 committed)::
 
     decode (schemas) -> key check -> Windower.push -> BatchScorer queue
-        -> frontend + model in an executor -> publish events (awaited) -> release offsets
+        -> frontend + model (on the loop, or in an executor) -> publish events (awaited)
+        -> release offsets
 
 Offsets (at-least-once, designed for crash safety)
 --------------------------------------------------
@@ -169,7 +170,8 @@ class Pipeline:
                                   self._on_scored,
                                   batch_size=settings.batch_size,
                                   batch_wait_s=settings.batch_wait_ms / 1000.0,
-                                  metrics=self.metrics)
+                                  metrics=self.metrics,
+                                  in_loop=bool(settings.score_in_loop))
         self.started = False
         self._gauges_at = -1e9
         # more throttled gauges, refreshed with these (the app adds the consumer lag, which

@@ -33,6 +33,10 @@ class Metrics:
         self.inference_s = Histogram("sernet_inference_seconds",
                                      "Frontend + model time per batch.", buckets=LATENCY_BUCKETS_S,
                                      registry=r)
+        self.scoring_cpu_s = Counter("sernet_scoring_cpu_seconds",
+                                     "CPU time of the frontend + model calls, by the thread they "
+                                     "ran on (loop: the event loop's; executor: the scoring "
+                                     "thread).", ["thread"], registry=r)
         self.batch_size = Histogram("sernet_batch_size", "Windows per inference batch.",
                                     buckets=BATCH_BUCKETS, registry=r)
         self.event_latency_s = Histogram("sernet_event_latency_seconds",

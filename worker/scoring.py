@@ -4,8 +4,10 @@ Two layers (STYLE.md): :class:`WindowScorer` is the synchronous frontend + model
 of windows (the same functions the offline ``predict`` uses: ``batch_features`` then
 ``EmotionModel.scores``); :class:`BatchScorer` collects windows of every speaker from an
 asyncio queue, cuts a batch when ``batch_size`` windows are waiting or ``batch_wait_s`` after
-the first one arrived, runs the scorer in a one-thread executor (the event loop keeps consuming
-and heartbeating meanwhile) and hands the scores to an async callback.
+the first one arrived, runs the scorer and hands the scores to an async callback. The scorer
+runs on the event loop's own thread by default (``in_loop``: the loop waits for the batch, a
+few to a few tens of milliseconds, and nothing crosses threads), or in a one-thread executor
+beside the loop (bench/README.md, section 26, measured both).
 
 Batches are processed one after another and the callback is awaited before the next batch
 starts, so when the callback returns, every window of this batch *and of all earlier batches*
@@ -116,7 +118,8 @@ ScoredCallback = Callable[[list[Window], np.ndarray], Awaitable[None]]
 
 class BatchScorer:
     def __init__(self, scorer: WindowScorer, on_scored: ScoredCallback, *, batch_size: int = 32,
-                 batch_wait_s: float = 0.02, max_pending: int | None = None, metrics=None) -> None:
+                 batch_wait_s: float = 0.02, max_pending: int | None = None, metrics=None,
+                 in_loop: bool = False) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.scorer = scorer
@@ -127,6 +130,7 @@ class BatchScorer:
         self.queue: asyncio.Queue[Window] = asyncio.Queue(maxsize=max_pending or 4 * batch_size)
         self.metrics = metrics
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sernet-infer")
+        self.in_loop = in_loop  # score on the event loop's thread; else in the executor
         self._task: asyncio.Task | None = None
         self._busy = False
 
@@ -187,9 +191,13 @@ class BatchScorer:
                 while True:
                     try:
                         t0 = time.perf_counter()
-                        windows, scores = await loop.run_in_executor(
-                            self.executor, self.scorer.lead_and_score, batch)
+                        if self.in_loop:
+                            windows, scores, cpu_s = self._timed(batch)
+                        else:
+                            windows, scores, cpu_s = await loop.run_in_executor(
+                                self.executor, self._timed, batch)
                         if self.metrics is not None:
+                            self.metrics.labelled(self.metrics.scoring_cpu_s, self._where).inc(cpu_s)
                             self.metrics.inference_s.observe(time.perf_counter() - t0)
                             self.metrics.batch_size.observe(len(windows))
                             self.metrics.pending_windows.set(self.queue.qsize())
@@ -207,7 +215,19 @@ class BatchScorer:
             finally:
                 self._busy = False
 
+    @property
+    def _where(self) -> str:
+        return "loop" if self.in_loop else "executor"
+
+    def _timed(self, batch) -> tuple[list[Window], np.ndarray, float]:
+        """``lead_and_score`` and the CPU time it took on the calling thread."""
+        t0 = time.thread_time()
+        windows, scores = self.scorer.lead_and_score(batch)
+        return windows, scores, time.thread_time() - t0
+
     async def score_now(self, windows: list[Window]) -> np.ndarray:
-        """Score outside the queue (tests, tools)."""
+        """Score outside the queue (tests, tools), where the batches are scored."""
+        if self.in_loop:
+            return self.scorer.score(windows)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self.scorer.score, windows)
