@@ -57,7 +57,9 @@ def passed(run: dict[str, Any]) -> bool:
 
 
 def other_cores(run: dict[str, Any]) -> float | None:
-    """Cores that something other than the run's own processes kept busy during it."""
+    """Cores that something other than the run's own processes kept busy during it: other
+    processes, the kernel's own threads, and on a VM the hypervisor's steal (``steal_cores``,
+    recorded since section 26, where it was most of it)."""
     try:
         return round(run["machine_cores_busy"] - run["worker_cpu_share_of_wall"]
                      - run["bench_process_cores"] - run["broker_cores"], 3)
@@ -82,11 +84,20 @@ def _pct(values: list[float], q: float) -> float | None:
 
 
 def _machine_busy_s() -> float:
-    """CPU seconds all cores spent busy since boot (psutil: total minus idle and iowait)."""
+    """CPU seconds all cores spent busy since boot (psutil: total minus idle and iowait).
+    On a VM this includes steal (:func:`_steal_s`): time the vCPUs wanted but the hypervisor
+    gave to someone else, which the run loses as surely as time another process took."""
     import psutil
 
     t = psutil.cpu_times()
     return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def _steal_s() -> float:
+    """CPU seconds of steal since boot (0 where the kernel does not report it)."""
+    import psutil
+
+    return getattr(psutil.cpu_times(), "steal", 0.0)
 
 
 def _own_cpu_s() -> float:
@@ -227,7 +238,7 @@ async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarr
     consumer_task = asyncio.create_task(consume())
     broker = _Sampler([broker_pid])  # CPU only; not started
     cpu0, threads0 = sampler.cpu(), sampler.thread_cpu()
-    machine0, own0 = _machine_busy_s(), _own_cpu_s()
+    machine0, own0, steal0 = _machine_busy_s(), _own_cpu_s(), _steal_s()
     broker0 = broker.cpu()
     late_sends = 0
     # a chunk is sent when its last sample was captured: speaker i's chunk seq at
@@ -263,7 +274,7 @@ async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarr
         except asyncio.TimeoutError:
             pass
         cpu1, threads1 = sampler.cpu(), sampler.thread_cpu()
-        machine1, own1 = _machine_busy_s(), _own_cpu_s()
+        machine1, own1, steal1 = _machine_busy_s(), _own_cpu_s(), _steal_s()
         broker1 = broker.cpu()
         wall = time.time() - t0
     finally:
@@ -284,6 +295,8 @@ async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarr
         "worker_cpu_share_of_wall": round(cpu_s / wall, 3),
         # what else ran: the whole machine's busy cores and this (producer + consumer) process
         "machine_cores_busy": round((machine1 - machine0) / wall, 3),
+        # of which the hypervisor's steal: the vCPUs were runnable, another guest ran
+        "steal_cores": round((steal1 - steal0) / wall, 3),
         "worker_thread_cpu_ms_per_window": _thread_split(threads0, threads1, max(1, got)),
         "bench_process_cores": round((own1 - own0) / wall, 3),
         # tansu shares the cores too (a deployment's Kafka runs elsewhere)
@@ -626,8 +639,8 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
             scoring = r["worker_thread_cpu_ms_per_window"]["scoring"]
             r["scoring_vs_paced_bare"] = round(scoring / paced["cpu_ms_per_window"], 3)
             log(f"    paced: batches of {paced['batch']} every {paced['interval_ms']} ms cost "
-                f"{paced['cpu_ms_per_window']} CPU-ms per window bare; the worker's scoring "
-                f"thread {scoring} ({r['scoring_vs_paced_bare']}x)")
+                f"{paced['cpu_ms_per_window']} CPU-ms per window bare; the worker's frontend + "
+                f"model {scoring} ({r['scoring_vs_paced_bare']}x)")
         return r
 
     with tempfile.TemporaryDirectory(prefix="sernet-bench-") as tmp:
@@ -638,7 +651,8 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
                 f"p50/p99 {r['latency_ms']['p50']}/{r['latency_ms']['p99']} ms, "
                 f"worker {r['worker_cpu_ms_per_speaker_s']} CPU-ms/speaker-s, RSS {r['peak_rss_mb']} MB; "
                 f"cores busy: worker {r['worker_cpu_share_of_wall']}, bench {r['bench_process_cores']}, "
-                f"broker {r['broker_cores']}, other {r['other_cores']}, "
+                f"broker {r['broker_cores']}, other {r['other_cores']} "
+                f"(steal {r.get('steal_cores')}), "
                 f"machine {r['machine_cores_busy']}"
                 + (" (disturbed: run again if it failed)" if disturbed(r) else ""))
             return r

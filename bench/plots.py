@@ -11,8 +11,8 @@
   capacity search, against what 500 speakers under that knee allow (:mod:`bench.budget`).
 
 The files are those of the newest pass, named by its prefix (:data:`PASS_PREFIX`, the
-machine and pass of bench/README.md's newest section: ``intel_c_model.json``,
-``intel_c_frontend.json``, ``intel_c_pipeline_workers*.json``); ``--prefix`` picks another pass.
+machine and pass of bench/README.md's newest section: ``intel_d_model.json``,
+``intel_d_frontend.json``, ``intel_d_pipeline_workers*.json``); ``--prefix`` picks another pass.
 Without a prefix's files, the highest ``_vN`` of each older family (``model_artifact_v6.json``
 over ``model_artifact_v5.json``). Either way a fresh clone plots the same files as the author.
 """
@@ -26,7 +26,7 @@ from typing import Any
 
 from bench import budget
 from bench.common import RESULTS
-PASS_PREFIX = "intel_c_"  # bench/README.md section 25
+PASS_PREFIX = "intel_d_"  # bench/README.md section 26
 
 
 def _version(path: Path) -> int:

@@ -29,8 +29,9 @@ def _settings(values: dict[str, Any]) -> Settings:
 
 def one_malloc_arena() -> bool:
     """Before the worker starts its threads: glibc's malloc gives every thread that allocates
-    its own arena, and the worker's event loop, Kafka consumer and scoring threads then each
-    keep the memory they freed to themselves. One shared arena: peak RSS at 256 speakers per
+    its own arena, and the worker's threads (the event loop; Faust's Kafka consumer thread and
+    the scoring thread where settings keep them) then each keep the memory they freed to
+    themselves. One shared arena: peak RSS at 256 speakers per
     worker 191-199 -> 190-191 MB, same CPU (the GIL serialises those threads anyway;
     bench/README.md, section 12). Skipped when ``MALLOC_ARENA_MAX`` is set (glibc read it)
     or the C library is not glibc. Returns whether it was applied."""

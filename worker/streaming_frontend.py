@@ -226,7 +226,7 @@ class WindowMelCache:
     frames are transformed in one call per reuse depth, so 32 speakers' 63 new frames cost one
     FFT call, not 32. Features equal :func:`worker.frontend.window_features` bit for bit.
 
-    Not thread-safe: the scorer's one executor thread owns it. Bounded to ``max_entries``
+    Not thread-safe: the one thread that scores (the event loop's or the executor's) owns it. Bounded to ``max_entries``
     speakers (least recently used dropped), and :meth:`forget` drops a finished speaker.
     """
 

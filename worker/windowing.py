@@ -303,7 +303,7 @@ class Window:
     ``pcm`` is the window's own copy of the audio as the speaker's buffer holds it: int16 PCM
     (half the memory of float32 while the window waits for the scorer, bench/README.md
     section 12) or float32; ``samples`` is it as float32 (converted on each access: the
-    scoring thread asks once)."""
+    scorer asks once)."""
 
     key: Hashable
     index: int
