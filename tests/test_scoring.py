@@ -15,7 +15,8 @@ class _Scorer:
         return list(items), np.zeros((len(items), 7), dtype=np.float32)
 
 
-def _run(feed, *, batch_size: int, batch_wait_s: float, seen_at: list | None = None) -> list[list]:
+def _run(feed, *, batch_size: int, batch_wait_s: float, seen_at: list | None = None,
+         scorer=None, in_loop: bool = False) -> list[list]:
     """Batches the scorer saw for ``feed``: (delay before the put, item) pairs; ``seen_at``
     gets each batch's callback time, seconds from the start."""
     seen_at = [] if seen_at is None else seen_at
@@ -30,7 +31,8 @@ def _run(feed, *, batch_size: int, batch_wait_s: float, seen_at: list | None = N
     async def go():
         nonlocal t0
         t0 = asyncio.get_running_loop().time()
-        bs = BatchScorer(_Scorer(), on_scored, batch_size=batch_size, batch_wait_s=batch_wait_s)
+        bs = BatchScorer(scorer or _Scorer(), on_scored, batch_size=batch_size,
+                         batch_wait_s=batch_wait_s, in_loop=in_loop)
         bs.start()
         for delay, item in feed:
             if delay:
@@ -74,25 +76,9 @@ def test_in_loop_scoring_runs_on_the_loops_thread_and_the_executor_mode_does_not
                 seen.add(threading.get_ident())
                 return super().lead_and_score(items)
 
-        batches: list = []
-
-        async def on_scored(windows, scores):
-            batches.append(list(windows))
-
-        async def go():
-            bs = BatchScorer(Recording(), on_scored, batch_size=2, batch_wait_s=0.01,
-                             in_loop=in_loop)
-            bs.start()
-            for i in range(5):
-                await bs.put(i)
-            for _ in range(200):
-                await asyncio.sleep(0.01)
-                if bs.idle:
-                    break
-            await bs.stop()
-
-        asyncio.run(go())
-        assert [w for b in batches for w in b] == [0, 1, 2, 3, 4]  # same batches, same order
+        batches = _run([(0, i) for i in range(5)], batch_size=2, batch_wait_s=0.01,
+                       scorer=Recording(), in_loop=in_loop)
+        assert batches == [[0, 1], [2, 3], [4]]  # the same batches either way
         return seen
 
     here = threading.get_ident()
