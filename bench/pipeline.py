@@ -83,21 +83,15 @@ def _pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-def _machine_busy_s() -> float:
-    """CPU seconds all cores spent busy since boot (psutil: total minus idle and iowait).
-    On a VM this includes steal (:func:`_steal_s`): time the vCPUs wanted but the hypervisor
-    gave to someone else, which the run loses as surely as time another process took."""
+def _machine_busy_s() -> tuple[float, float]:
+    """CPU seconds all cores spent busy since boot (psutil: total minus idle and iowait), and
+    of those the steal (0 where the kernel does not report it), from one read. On a VM, steal
+    is time the vCPUs wanted but the hypervisor gave to someone else, which the run loses as
+    surely as time another process took, so busy includes it."""
     import psutil
 
     t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-
-def _steal_s() -> float:
-    """CPU seconds of steal since boot (0 where the kernel does not report it)."""
-    import psutil
-
-    return getattr(psutil.cpu_times(), "steal", 0.0)
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0), getattr(t, "steal", 0.0)
 
 
 def _own_cpu_s() -> float:
@@ -238,7 +232,7 @@ async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarr
     consumer_task = asyncio.create_task(consume())
     broker = _Sampler([broker_pid])  # CPU only; not started
     cpu0, threads0 = sampler.cpu(), sampler.thread_cpu()
-    machine0, own0, steal0 = _machine_busy_s(), _own_cpu_s(), _steal_s()
+    (machine0, steal0), own0 = _machine_busy_s(), _own_cpu_s()
     broker0 = broker.cpu()
     late_sends = 0
     # a chunk is sent when its last sample was captured: speaker i's chunk seq at
@@ -274,7 +268,7 @@ async def _step(settings, n: int, chunk_ms: int, audio_s: float, audio: np.ndarr
         except asyncio.TimeoutError:
             pass
         cpu1, threads1 = sampler.cpu(), sampler.thread_cpu()
-        machine1, own1, steal1 = _machine_busy_s(), _own_cpu_s(), _steal_s()
+        (machine1, steal1), own1 = _machine_busy_s(), _own_cpu_s()
         broker1 = broker.cpu()
         wall = time.time() - t0
     finally:

@@ -226,8 +226,9 @@ class WindowMelCache:
     frames are transformed in one call per reuse depth, so 32 speakers' 63 new frames cost one
     FFT call, not 32. Features equal :func:`worker.frontend.window_features` bit for bit.
 
-    Not thread-safe: the one thread that scores (the event loop's or the executor's) owns it. Bounded to ``max_entries``
-    speakers (least recently used dropped), and :meth:`forget` drops a finished speaker.
+    Not thread-safe: the one thread that scores (the event loop's or the executor's) owns it.
+    Bounded to ``max_entries`` speakers (least recently used dropped), and :meth:`forget` drops
+    a finished speaker.
     """
 
     def __init__(self, cfg: FrontendConfig, hop_samples: int, max_entries: int = 4096) -> None:
