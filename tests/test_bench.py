@@ -59,6 +59,9 @@ def test_bench_frontend_quick_json() -> None:
     assert out["max_abs_diff"] == 0.0  # both streaming paths are bit-identical to the plain one
     assert out["worker"]["windows_per_round"] == 8 * 3
     assert 0 < out["worker_streaming_vs_plain"] < 1
+    # the floor transforms 63 of a window's 184 frames (not all of them) and logs all 184 rows
+    assert 0.15 < out["worker_floor_vs_plain"] < 0.7
+    assert out["worker"]["cpu_ms_per_window"]["log_dct"]["median"] > 0
     aligned = out["hops"]["aligned"]
     assert aligned["hop_samples"] % 256 == 0
     assert aligned["windows_per_s"]["streaming"]["median"] > 0
