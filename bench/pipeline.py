@@ -451,6 +451,25 @@ def bare_cpu_per_window(artifact_dir: Path, batch: int, audio: np.ndarray, calls
             ctx.unregister()
 
 
+# bare measurements of each kind per run (~0.4 s each), plain and streaming taking turns; the
+# efficiency divides by their median: one such measurement moved 1.77-2.39 ms per window
+# between back-to-back repeats on the Intel VM of bench/README.md section 27
+BARE_BLOCKS = 3
+
+
+def bare_costs(artifact_dir: Path, batch: int, audio: np.ndarray, run_batch: int | None,
+               blocks: int = BARE_BLOCKS) -> dict[str, list[float]]:
+    """``blocks`` bare CPU seconds per window of each kind, ``{"plain": [...], "streaming":
+    [...]}`` (:func:`bare_cpu_per_window`), measured in turns so that a slow spell of the
+    machine touches both kinds alike."""
+    out: dict[str, list[float]] = {"plain": [], "streaming": []}
+    for _ in range(blocks):
+        for kind in out:
+            out[kind].append(bare_cpu_per_window(artifact_dir, batch, audio, run_batch=run_batch,
+                                                 streaming=kind == "streaming"))
+    return out
+
+
 def paced_bare(artifact_dir: Path, audio: np.ndarray, fed: dict[str, float],
                back_to_back_s: float, run_batch: int | None = None) -> dict[str, float]:
     """The streaming bare cost fed as the run fed a worker's scoring thread: batches of the
@@ -614,10 +633,11 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
     batch, run_batch = settings.batch_size, settings.model_batch
 
     def with_bare(r: dict[str, Any]) -> dict[str, Any]:
-        """The run's efficiency against the bare cost measured right after it."""
-        bare = bare_cpu_per_window(artifact_dir, batch, audio, run_batch=run_batch)
-        bare_streaming = bare_cpu_per_window(artifact_dir, batch, audio, streaming=True,
-                                             run_batch=run_batch)
+        """The run's efficiency against the bare cost measured right after it (the median of
+        :data:`BARE_BLOCKS` measurements)."""
+        costs = bare_costs(artifact_dir, batch, audio, run_batch)
+        bare, bare_streaming = (statistics.median(costs[k]) for k in ("plain", "streaming"))
+        r["bare_blocks_ms"] = {k: [round(v * 1000, 3) for v in vs] for k, vs in costs.items()}
         r["bare_cpu_ms_per_window"] = round(bare * 1000, 3)
         r["bare_streaming_cpu_ms_per_window"] = round(bare_streaming * 1000, 3)
         r["efficiency"] = round(r["worker_cpu_ms_per_window"] / (bare * 1000), 3)
@@ -625,7 +645,8 @@ def run(artifact_dir: Path, *, workers: int = 1, speakers: int | None = None, ch
             r["worker_cpu_ms_per_window"] / (bare_streaming * 1000), 3)
         log(f"    efficiency {r['efficiency']}: worker {r['worker_cpu_ms_per_window']} / bare "
             f"{r['bare_cpu_ms_per_window']} CPU-ms per window (streaming bare "
-            f"{r['bare_streaming_cpu_ms_per_window']})")
+            f"{r['bare_streaming_cpu_ms_per_window']}; bare measurements "
+            f"{r['bare_blocks_ms']['plain']} / {r['bare_blocks_ms']['streaming']})")
         fed = r.get("scorer_batches")
         if fed:
             r["paced_bare"] = paced = paced_bare(artifact_dir, audio, fed, bare_streaming,

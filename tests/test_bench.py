@@ -89,6 +89,11 @@ def test_bench_pipeline_fixed_n_json(artifact: Path) -> None:
         run["worker_cpu_ms_per_window"] / run["bare_cpu_ms_per_window"], rel=1e-3)
     assert out["efficiency_runs"]["n"] == 1 and out["efficiency"] == run["efficiency"]
     assert out["bare_cpu_ms_per_window"] == run["bare_cpu_ms_per_window"]
+    # the bare figure is the median of a few measurements, plain and streaming alike
+    blocks = run["bare_blocks_ms"]
+    assert len(blocks["plain"]) == len(blocks["streaming"]) == 3
+    assert run["bare_cpu_ms_per_window"] == sorted(blocks["plain"])[1]
+    assert run["bare_streaming_cpu_ms_per_window"] == sorted(blocks["streaming"])[1]
     # the worker's own batch histogram: every event's window went through its scoring thread
     fed = run["scorer_batches"]
     assert fed["windows"] >= run["events"] and fed["batches"] >= 1
