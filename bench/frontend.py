@@ -2,7 +2,8 @@
 window from scratch) vs :class:`worker.streaming_frontend.StreamingFrontend` (each frame once
 per speaker), 3 s windows every 1 s, audio pushed in 100 ms chunks; and the same comparison for
 what the worker runs (``WindowScorer`` with its ``WindowMelCache``, batches of 32 speakers'
-windows at the worker's frame-aligned hop).
+windows at the worker's frame-aligned hop), with the floor of any exact streaming frontend
+timed beside it (the new frames' transforms and the log/DCT of every row: ``floor_vs_plain``).
 
 Both are timed interleaved window by window in steady state (the streaming frontend's first
 window, which computes all 184 frames, is excluded like the plain path's warm-up); CPU time per
@@ -107,7 +108,7 @@ def worker_round(audio: np.ndarray, cfg: FrontendConfig, speakers: int = 32, ste
     batches = [speaker_windows(audio, speakers, s, hop, n, steps + 1) for s in range(steps + 1)]
     t_stream = t_plain = t_new = t_log = 0.0
     diff = 0.0
-    new_from = (cfg.num_frames - hop // cfg.hop_length) * cfg.hop_length  # first new frame's
+    new_from = (cfg.num_frames - hop // cfg.hop_length) * cfg.hop_length  # where new frames start
     with _blas_limit(blas_threads):
         scorer.features(batches[0])
         for batch in batches[1:]:
