@@ -135,15 +135,12 @@ def worker_round(audio: np.ndarray, cfg: FrontendConfig, speakers: int = 32, ste
 
 def _new_frames_only(batch, new_from: int, cfg: FrontendConfig) -> np.ndarray:
     """Mel rows of only the frames a window adds at the hop (63 of 184 at 1.008 s), batched
-    as the worker's cache batches them: the transform work no exact streaming frontend can
-    skip. With the per-window log/DCT of all 184 rows (it needs the window's own peak gain)
-    it is the floor of ``streaming`` (section 27)."""
-    from worker.frontend import mel_energies
-    from worker.streaming_frontend import FFT_WINDOWS
+    by the worker cache's own :func:`worker.streaming_frontend.mel_passes`: the transform work
+    no exact streaming frontend can skip. With the per-window log/DCT of all 184 rows (it needs
+    the window's own peak gain) it is the floor of ``streaming`` (section 27)."""
+    from worker.streaming_frontend import mel_passes
 
-    parts = [mel_energies(np.stack([w.samples[new_from:] for w in batch[j : j + FFT_WINDOWS]]), cfg)
-             for j in range(0, len(batch), FFT_WINDOWS)]
-    return np.concatenate(parts)
+    return np.concatenate([rows for _, rows in mel_passes([w.samples[new_from:] for w in batch], cfg)])
 
 
 def aligned_hop_s(hop_s: float, cfg: FrontendConfig) -> float:

@@ -211,6 +211,14 @@ def gain_block(frame_hop: int) -> int:
 FFT_WINDOWS = 4
 
 
+def mel_passes(tails: list[np.ndarray], cfg: FrontendConfig):
+    """Mel rows of several windows' not yet transformed samples (``tails``, equal lengths),
+    :data:`FFT_WINDOWS` windows per transform call: yields ``(j, rows)`` with ``rows`` those
+    of ``tails[j : j + FFT_WINDOWS]``."""
+    for j in range(0, len(tails), FFT_WINDOWS):
+        yield j, mel_energies(np.stack(tails[j : j + FFT_WINDOWS]), cfg)
+
+
 class WindowMelCache:
     """The worker's streaming frontend: mel rows and peak statistics shared by consecutive
     windows of a speaker.
@@ -348,9 +356,8 @@ class WindowMelCache:
             if m < t:
                 by_depth.setdefault(m, []).append(i)
         for m, idx in by_depth.items():  # one FFT call per few windows that need the same frames
-            for j in range(0, len(idx), FFT_WINDOWS):
-                part = idx[j : j + FFT_WINDOWS]
-                mel[part, m:] = mel_energies(np.stack([items[i][3][m * fh :] for i in part]), cfg)
+            for j, rows in mel_passes([items[i][3][m * fh :] for i in idx], cfg):
+                mel[idx[j : j + FFT_WINDOWS], m:] = rows
         self.reused_rows += sum(depth)
         self.computed_rows += len(items) * t - sum(depth)
         if self.enabled:
