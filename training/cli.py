@@ -28,24 +28,60 @@ def opt(*names: str, **kw):
 
 
 def corpus_options(fn):
-    fn = opt("--corpus", type=click.Choice(CORPUS_KINDS), default="emodb", show_default=True,
-             help="Corpus layout: EMO-DB naming, folder-per-label, CSV manifest (path,label,speaker) or IEMOCAP.")(fn)
-    fn = opt("--data", type=click.Path(path_type=Path), default=DEFAULT_EMODB, show_default=True,
-             help="Corpus root (or CSV file for --corpus csv).")(fn)
+    fn = opt("--corpus", type=click.Choice(("auto", *CORPUS_KINDS)), default="auto", show_default=True,
+             help="Corpus layout: auto-detected, EMO-DB naming, folder-per-label, CSV manifest "
+                  "(path,label,speaker[,corpus]) or IEMOCAP.")(fn)
+    fn = opt("--data", type=click.Path(path_type=Path), multiple=True, default=(DEFAULT_EMODB,),
+             show_default=True,
+             help="Corpus root or CSV manifest; repeat for several corpora. A folder of corpora "
+                  "(e.g. shared/data, one manifest.csv per sub-folder) loads them all. The env "
+                  "variable takes paths separated by spaces.")(fn)
+    fn = opt("--labels", default=None,
+             help="Comma-separated classes of the model, in output order; utterances of other "
+                  "classes are left out (counted). Default: EMO-DB's 7 for EMO-DB alone, else "
+                  "every label found.")(fn)
+    fn = opt("--label-map", default=None,
+             help="their=ours,... renames corpus labels first (ours '-' drops the label).")(fn)
     fn = opt("--iemocap-subset", type=click.Choice(["improvised", "scripted", "all"]),
              default="improvised", show_default=True, help="IEMOCAP sessions to use.")(fn)
     return fn
 
 
-def load(corpus: str, data: Path, iemocap_subset: str):
-    from training.corpora import corpus_labels, load_corpus
+def load(corpus: str, data, iemocap_subset: str, labels: str | None = None,
+         label_map: str | None = None):
+    """(utterances of the model's classes, the model's labels); what is left out is reported
+    on stderr."""
+    from training.corpora import keep_labels, load_corpora, model_labels, parse_label_map, relabel
 
-    opts = {"subset": iemocap_subset} if corpus == "iemocap" else {}
+    paths = [data] if isinstance(data, (str, Path)) else list(data)
     try:
-        utts = load_corpus(corpus, data, **opts)
+        utts = relabel(load_corpora(paths, corpus, subset=iemocap_subset),
+                       parse_label_map(label_map))
+        chosen = model_labels(utts, [x.strip() for x in labels.split(",") if x.strip()]
+                              if labels else None)
     except (CorpusError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
-    return utts, corpus_labels(corpus, utts)
+    utts, dropped = keep_labels(utts, chosen)
+    for name, counts in dropped.items():
+        click.echo(f"{name}: left out {', '.join(f'{n} {k}' for k, n in sorted(counts.items()))} "
+                   f"(not a model class: {', '.join(chosen)})", err=True)
+    if not utts:
+        raise click.ClickException(f"no utterance has one of the classes {chosen}")
+    return utts, chosen
+
+
+def corpus_kind(corpus: str, data) -> str:
+    """The window-length key of the corpora: ``iemocap`` when that is all there is."""
+    from training.corpora import corpus_folders, detect_kind
+
+    paths = [data] if isinstance(data, (str, Path)) else list(data)
+    if corpus != "auto":
+        return corpus
+    try:
+        kinds = {detect_kind(p) for given in paths for p in corpus_folders(given)}
+    except CorpusError:
+        return "csv"
+    return kinds.pop() if len(kinds) == 1 else "csv"
 
 
 def frontend_options(fn):
@@ -56,11 +92,12 @@ def frontend_options(fn):
     return fn
 
 
-def make_frontend(corpus: str, window_s: float | None, input_type: str):
+def make_frontend(corpus: str, window_s: float | None, input_type: str, data=()):
     from training.corpora import default_window_s
     from worker.frontend import FrontendConfig
 
-    return FrontendConfig(window_s=window_s or default_window_s(corpus), input_type=input_type)
+    return FrontendConfig(window_s=window_s or default_window_s(corpus_kind(corpus, data)),
+                          input_type=input_type)
 
 
 def train_options(fn):
@@ -76,9 +113,11 @@ def train_options(fn):
             kind = {"int": int, "float": float, "str": str}.get(str(f.type), str)
             fn = opt(name, f.name, type=kind, default=None,
                      help=f"Override the preset's {f.name} (paper default {f.default}).")(fn)
-    fn = opt("--preset", type=click.Choice(["paper", "robust"]), default="paper", show_default=True,
-             help="paper: the published recipe (300 epochs, Adam 1e-4, ...). robust: the "
-                  "artifact's recipe (augmentation, whole utterances, EMA, one-cycle).")(fn)
+    fn = opt("--preset", type=click.Choice(["paper", "robust", "multi"]), default="paper",
+             show_default=True,
+             help="paper: the published recipe (300 epochs, Adam 1e-4, ...). robust: one corpus "
+                  "(augmentation, whole utterances, EMA, one-cycle). multi: robust over several "
+                  "corpora, epochs drawn so no corpus or class dominates (the artifact's).")(fn)
     return fn
 
 
@@ -98,7 +137,17 @@ def make_train_config(preset_name: str, kw: dict):
 @train_options
 @opt("--out", type=click.Path(path_type=Path), default=Path("runs/cv"), show_default=True,
      help="Output folder: per-fold models, cv_report.json, cv_table.md, confusion PNGs.")
-@opt("--speakers", default=None, help="Comma-separated test speakers (default: every speaker).")
+@opt("--mode", type=click.Choice(["loso", "loco"]), default="loso", show_default=True,
+     help="loso: leave one speaker (or --speaker-groups group) out; loco: leave one corpus out.")
+@opt("--speakers", default=None, help="loso: comma-separated test speakers (default: every speaker "
+                                      "of --test-corpus).")
+@opt("--test-corpus", default=None,
+     help="loso: hold out speakers of this corpus only; the other corpora train every fold.")
+@opt("--speaker-groups", type=int, default=0, show_default=True,
+     help="loso: this many folds of consecutive speakers instead of one per speaker (0 = one each).")
+@opt("--test-corpora", default=None, help="loco: comma-separated corpora to hold out (default: all).")
+@opt("--channels/--no-channels", default=True, show_default=True,
+     help="Also score each fold's int8 model through telephone and noisy channels.")
 @opt("--jobs", type=int, default=2, show_default=True, help="Folds trained in parallel processes.")
 @opt("--int8/--no-int8", default=True, show_default=True, help="Export and score each fold's int8 model.")
 @opt("--requantize", is_flag=True,
@@ -107,23 +156,32 @@ def make_train_config(preset_name: str, kw: dict):
           "fine-tuned for int8 are fine-tuned first (their fp32 scores change); otherwise the "
           "fp32 fold models are untouched.")
 @opt("--json", "as_json", is_flag=True, help="Print the report as one JSON line at the end.")
-def cv(corpus, data, iemocap_subset, window_s, input_type, preset, out, speakers, jobs, int8,
-       requantize, as_json, **kw):
-    """Leave-one-speaker-out cross-validation, honest: each fold trains on the other speakers
-    with a fixed schedule and keeps its final weights; the test speaker steers nothing.
+def cv(corpus, data, labels, label_map, iemocap_subset, window_s, input_type, preset, out, mode,
+       speakers, test_corpus, speaker_groups, test_corpora, channels, jobs, int8, requantize,
+       as_json, **kw):
+    """Honest cross-validation: each fold trains on everything but its test speakers (loso) or
+    its test corpus (loco) with a fixed schedule and keeps its final weights; the test data
+    steers nothing. Finished folds are kept and skipped on a re-run (resumable).
 
     Short mode for tests: --speakers 03,08 --epochs 1.
     """
     from rich.console import Console
     from rich.markdown import Markdown
 
+    from training.cv import corpus_folds, speaker_folds
     from training.cv import requantize as redo_int8
     from training.cv import run_cv
 
-    utts, labels = load(corpus, data, iemocap_subset)
-    cfg = make_frontend(corpus, window_s, input_type)
+    utts, labels = load(corpus, data, iemocap_subset, labels, label_map)
+    cfg = make_frontend(corpus, window_s, input_type, data)
     tcfg = make_train_config(preset, kw)
     chosen = speakers.split(",") if speakers else None
+    try:
+        folds = (corpus_folds(utts, test_corpora.split(",") if test_corpora else None)
+                 if mode == "loco" else
+                 speaker_folds(utts, chosen, test_corpus, speaker_groups))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     if requantize:
         notes: list[str] = []
         redone = redo_int8(utts, cfg, out, progress=sys.stderr.isatty(), train_config=tcfg,
@@ -132,15 +190,16 @@ def cv(corpus, data, iemocap_subset, window_s, input_type, preset, out, speakers
         for note in notes:
             click.echo(f"warning: {note}", err=True)
     try:
-        report = run_cv(utts, labels, cfg, tcfg, out, speakers=chosen, jobs=jobs, int8=int8,
-                        progress=sys.stderr.isatty())
+        report = run_cv(utts, labels, cfg, tcfg, out, jobs=jobs, int8=int8,
+                        progress=sys.stderr.isatty(), folds=folds, mode=mode, channels=channels)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     console = Console(stderr=as_json)
     console.print(Markdown((out / "cv_table.md").read_text()))
     console.print(f"report: {out / 'cv_report.json'}  ({report['seconds']:.0f} s)")
     if as_json:
-        click.echo(json.dumps({k: report[k] for k in ("metrics", "folds", "seconds")}))
+        click.echo(json.dumps({k: report[k] for k in ("metrics", "folds", "seconds", "mode",
+                                                       "calibration") if k in report}))
 
 
 @click.command()
@@ -152,16 +211,17 @@ def cv(corpus, data, iemocap_subset, window_s, input_type, preset, out, speakers
 @opt("--finetune-only", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
      help="Skip training: only the int8 fine-tuning (--qat-epochs ...) of this checkpoint, "
           "trained on the same corpus with the same recipe; the result equals a full run.")
-def train(corpus, data, iemocap_subset, window_s, input_type, preset, out, finetune_only, **kw):
-    """Train Light-SERNet on every speaker of a corpus (the artifact's model).
+def train(corpus, data, labels, label_map, iemocap_subset, window_s, input_type, preset, out,
+          finetune_only, **kw):
+    """Train Light-SERNet on every speaker of one or more corpora (the artifact's model).
 
     Prints the parameter count and MFLOPs per window. Short mode: --epochs 1.
     """
     from training.fit import fit
     from training.model import LightSERNet, count_mflops, count_parameters
 
-    utts, labels = load(corpus, data, iemocap_subset)
-    cfg = make_frontend(corpus, window_s, input_type)
+    utts, labels = load(corpus, data, iemocap_subset, labels, label_map)
+    cfg = make_frontend(corpus, window_s, input_type, data)
     tcfg = make_train_config(preset, kw)
     if finetune_only is not None:
         if not tcfg.qat_epochs:
@@ -193,19 +253,26 @@ def train(corpus, data, iemocap_subset, window_s, input_type, preset, out, finet
      help="Artifact folder to write.")
 @opt("--cv-report", type=click.Path(path_type=Path), default=Path("runs/cv/cv_report.json"),
      show_default=True, help="CV report whose honest figures go into the manifest.")
+@opt("--loco-report", type=click.Path(path_type=Path), default=None,
+     help="Leave-one-corpus-out report: its per-corpus figures go into the manifest and card, "
+          "its temperature into the exported graphs.")
 @opt("--fp16", is_flag=True, help="Also export an fp16 model.")
 @opt("--fused", is_flag=True, help="Also export the model with the frontend fused in (waveform in).")
 @opt("--min-agreement", type=float, default=98.0, show_default=True,
      help="Refuse to write an int8 model agreeing less with fp32 (percent of windows).")
-def export(checkpoint, corpus, data, iemocap_subset, out, cv_report, fp16, fused, min_agreement):
+def export(checkpoint, corpus, data, labels, label_map, iemocap_subset, out, cv_report, loco_report,
+           fp16, fused, min_agreement):
     """Export CHECKPOINT to ONNX fp32 + int8 (static, calibrated on training audio) and write
-    the artifact folder: models, manifest.json with sha256 and CV metrics, model card."""
+    the artifact folder: models, manifest.json with sha256 and CV metrics, model card. With a
+    LOCO report, its temperature is baked into the graphs (calibrated scores)."""
     from training.package import build_artifact
 
-    utts, _ = load(corpus, data, iemocap_subset)
+    utts, _ = load(corpus, data, iemocap_subset, labels, label_map)
     try:
         manifest = build_artifact(checkpoint, utts, out, cv_report if cv_report.is_file() else None,
-                                  fp16=fp16, fused=fused, min_agreement=min_agreement)
+                                  fp16=fp16, fused=fused, min_agreement=min_agreement,
+                                  loco_report=loco_report if loco_report and loco_report.is_file()
+                                  else None)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
     cv = manifest["metrics"].get("cv")
@@ -223,12 +290,20 @@ def export(checkpoint, corpus, data, iemocap_subset, out, cv_report, fp16, fused
 @opt("--min-agreement", type=float, default=98.0, show_default=True,
      help="Minimum int8/fp32 agreement in percent of windows.")
 @opt("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def validate(artifact, corpus, data, iemocap_subset, no_corpus, min_ua, min_agreement, as_json):
+def validate(artifact, corpus, data, labels, label_map, iemocap_subset, no_corpus, min_ua,
+             min_agreement, as_json):
     """Gate a model artifact: checksums, frontend parameters, shapes, then int8 accuracy and
     int8/fp32 agreement over a labeled corpus. Exits 1 if any check fails."""
     from training.validate import validate as run
 
-    utts = None if no_corpus else load(corpus, data, iemocap_subset)[0]
+    if not no_corpus and not labels:
+        from worker.artifact import ArtifactError, read_manifest
+
+        try:
+            labels = ",".join(read_manifest(artifact)["labels"])
+        except ArtifactError:
+            labels = None
+    utts = None if no_corpus else load(corpus, data, iemocap_subset, labels, label_map)[0]
     report = run(artifact, utts, min_ua=min_ua, min_agreement=min_agreement,
                  progress=sys.stderr.isatty())
     if as_json:

@@ -51,6 +51,8 @@ class TrainConfig:
     qat_windows: int = 1024           # training windows per fine-tuning epoch
     qat_mismatch: float = 1.0         # weight of the simulated-int8 vs fp32 logit difference
     int8_recipe: str = INT8_RECIPES[0]  # the int8 graph exported, and simulated by the fine-tuning
+    epoch_utterances: int = 0         # utterances drawn per epoch by corpus/class balance; 0 = each once
+    corpus_alpha: float = 0.5         # a corpus's share of an epoch ~ its size ** alpha (0 = equal)
     seed: int = 0
     threads: int = 0                  # torch intra-op threads; 0 = torch default
     device: str = "auto"              # auto (cuda when present) | cpu | cuda
@@ -74,6 +76,8 @@ class TrainConfig:
         if self.qat_epochs < 0 or self.qat_windows < 1 or self.qat_lr <= 0 or self.qat_mismatch < 0:
             raise ValueError("qat_epochs must be >= 0, qat_windows >= 1, qat_lr > 0 and "
                              "qat_mismatch >= 0")
+        if self.epoch_utterances < 0 or not 0.0 <= self.corpus_alpha <= 1.0:
+            raise ValueError("epoch_utterances must be >= 0 and corpus_alpha in [0, 1]")
         if self.distill_temperature <= 0:
             raise ValueError(f"distill_temperature must be > 0, not {self.distill_temperature}")
         for name, allowed in choices.items():
@@ -102,6 +106,10 @@ PRESETS: dict[str, TrainConfig] = {
                           time_masks=2, freq_masks=2, augment=True, random_crop=True,
                           ema_decay=0.99, qat_epochs=6, int8_recipe="fused-relu-fp32-pools"),
 }
+# several corpora: each epoch draws utterances so that no corpus or class dominates (a corpus's
+# share ~ its size ** corpus_alpha, its classes equally), which replaces the class-balanced loss
+PRESETS["multi"] = replace(PRESETS["robust"], epochs=20, epoch_utterances=2048,
+                           corpus_alpha=0.5, class_balanced=False, qat_epochs=3)
 
 
 def preset(name: str, **overrides) -> TrainConfig:

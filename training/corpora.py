@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_EMODB = REPO_ROOT.parent / "shared" / "data" / "emodb"
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+DEFAULT_EMODB = SHARED_DATA / "emodb"
 
 EMODB_LETTERS = {"W": "anger", "L": "boredom", "E": "disgust", "A": "fear",
                  "F": "happiness", "T": "sadness", "N": "neutral"}
@@ -52,6 +53,7 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 DEFAULT_SPEAKER_REGEX = r"^(?P<speaker>[^_\-]+)[_\-]"
 SPEAKERS_CSV = "speakers.csv"
 CORPUS_KINDS = ("emodb", "folder", "csv", "iemocap")
+MANIFEST_CSV = "manifest.csv"
 
 
 class CorpusError(ValueError):
@@ -63,6 +65,7 @@ class Utterance:
     path: Path
     label: str
     speaker: str
+    corpus: str = ""  # the corpus it came from: leave-one-corpus-out folds and partial labels
 
 
 # --------------------------------------------------------------------------- EMO-DB
@@ -81,7 +84,7 @@ def load_emodb(root: str | Path = DEFAULT_EMODB) -> list[Utterance]:
         stem = path.stem
         if len(stem) < 6 or stem[5] not in EMODB_LETTERS or not stem[:2].isdigit():
             raise CorpusError(f"{path.name} does not follow EMO-DB naming SSTTTEV.wav")
-        out.append(Utterance(path, EMODB_LETTERS[stem[5]], stem[:2]))
+        out.append(Utterance(path, EMODB_LETTERS[stem[5]], stem[:2], "emodb"))
     return out
 
 
@@ -155,7 +158,7 @@ def load_folder(root: str | Path, speaker_regex: str | None = DEFAULT_SPEAKER_RE
                 speaker = rel.parts[1]
             else:
                 speaker = _speaker_from_name(path.stem, pattern, rel)
-            out.append(Utterance(path, label_dir.name, speaker))
+            out.append(Utterance(path, label_dir.name, speaker, root.name))
     if not out:
         raise CorpusError(f"no {'/'.join(AUDIO_SUFFIXES)} files in label folders under {root}")
     return out
@@ -183,7 +186,8 @@ def _speaker_from_name(stem: str, pattern: re.Pattern[str] | None, rel: Path) ->
 
 
 def load_csv(manifest: str | Path) -> list[Utterance]:
-    """A CSV manifest with header ``path,label,speaker`` (more columns are ignored).
+    """A CSV manifest with header ``path,label,speaker`` and optionally ``corpus`` (more columns
+    are ignored; without ``corpus`` the manifest's folder name is the corpus).
 
     Relative paths are relative to the manifest's folder. Blank rows are skipped; a row with
     an empty field, a missing file or a path listed twice is a :class:`CorpusError` naming
@@ -218,7 +222,8 @@ def load_csv(manifest: str | Path) -> list[Utterance]:
             if key in seen:
                 raise CorpusError(f"{where}: {values['path']} already listed on line {seen[key]}")
             seen[key] = reader.line_num
-            out.append(Utterance(path, values["label"], values["speaker"]))
+            corpus = (row.get("corpus") or "").strip() or base.resolve().name
+            out.append(Utterance(path, values["label"], values["speaker"], corpus))
     if not out:
         raise CorpusError(f"{manifest}: no rows")
     return out
@@ -276,7 +281,7 @@ def load_iemocap(root: str | Path, subset: str = "improvised") -> list[Utterance
                 wav = session / "sentences" / "wav" / dialog / f"{utt}.wav"
                 if not wav.is_file():
                     raise CorpusError(f"{txt}:{line_no}: {utt} has no audio at {wav}")
-                out.append(Utterance(wav, label, utt[:5] + gender))
+                out.append(Utterance(wav, label, utt[:5] + gender, "iemocap"))
     if not out:
         raise CorpusError(f"no {subset} IEMOCAP utterances with labels {IEMOCAP_LABELS} "
                           f"under {root}")
@@ -343,3 +348,138 @@ def fingerprint(utterances: Iterable[Utterance], content: bool = False) -> str:
     for record in sorted(records):
         digest.update(json.dumps(record, ensure_ascii=False).encode() + b"\n")
     return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- several corpora
+
+
+def detect_kind(path: str | Path) -> str:
+    """The layout of ``path``: a ``.csv`` file or a folder with ``manifest.csv`` is ``csv``,
+    EMO-DB's ``wav/SSTTTEV.wav`` files ``emodb``, ``Session1..5`` folders ``iemocap``, any other
+    folder ``folder`` (one folder per label)."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix.lower() == ".csv":
+            return "csv"
+        raise CorpusError(f"{path}: a corpus is a folder or a .csv manifest")
+    if not path.is_dir():
+        raise CorpusError(f"{path}: no such corpus folder or manifest")
+    wav = path / "wav"
+    if wav.is_dir() and any(re.match(r"^\d\d\w{3}[WLEAFTN]\w*\.wav$", p.name)
+                            for p in wav.glob("*.wav")):
+        return "emodb"
+    if (path / MANIFEST_CSV).is_file():
+        return "csv"
+    if any(path.glob("Session[1-5]")):
+        return "iemocap"
+    return "folder"
+
+
+def corpus_folders(path: str | Path) -> list[Path]:
+    """The corpora under ``path``: itself, or, for a folder of corpora such as ``shared/data``
+    (sub-folders holding a ``manifest.csv`` and nothing else at the top), each of them."""
+    path = Path(path)
+    if path.is_dir() and not (path / MANIFEST_CSV).is_file() and not (path / "wav").is_dir():
+        subs = sorted(p for p in path.iterdir() if p.is_dir() and (p / MANIFEST_CSV).is_file())
+        if subs:
+            return subs
+    return [path]
+
+
+def load_corpora(paths: Iterable[str | Path], kind: str = "auto", **opts: Any) -> list[Utterance]:
+    """Every utterance of several corpora, in the order given (a folder of corpora expands to
+    its corpora, sorted). ``kind="auto"`` detects each one's layout (:func:`detect_kind`).
+    Each utterance keeps its corpus; two corpora of one name are an error."""
+    out: list[Utterance] = []
+    seen: dict[str, Path] = {}
+    for given in paths:
+        for path in corpus_folders(given):
+            this = detect_kind(path) if kind == "auto" else kind
+            utts = load_corpus(this, path if this != "csv" or path.is_file() else path / MANIFEST_CSV,
+                               **(opts if this == "iemocap" else {}))
+            for name in sorted({u.corpus for u in utts}):
+                if name in seen:
+                    raise CorpusError(f"corpus {name!r} given twice ({seen[name]} and {path})")
+                seen[name] = path
+            out.extend(utts)
+    if not out:
+        raise CorpusError("no corpus given")
+    return out
+
+
+def parse_label_map(text: str | None) -> dict[str, str]:
+    """``their=ours,...`` -> {their: ours}; ``ours`` may be ``-`` to drop that label."""
+    table: dict[str, str] = {}
+    for item in (text or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        their, sep, ours = item.partition("=")
+        if not sep or not their.strip() or not ours.strip():
+            raise CorpusError(f"label map entry {item!r} is not their=ours")
+        table[their.strip()] = ours.strip()
+    return table
+
+
+def relabel(utterances: Iterable[Utterance], label_map: dict[str, str]) -> list[Utterance]:
+    """Apply a label map; labels mapped to ``-`` are dropped."""
+    from dataclasses import replace
+
+    out = []
+    for u in utterances:
+        label = label_map.get(u.label, u.label)
+        if label != "-":
+            out.append(u if label == u.label else replace(u, label=label))
+    return out
+
+
+def keep_labels(utterances: Iterable[Utterance], labels: Iterable[str]
+                ) -> tuple[list[Utterance], dict[str, dict[str, int]]]:
+    """The utterances whose label is one of ``labels``, and the count of the others left out
+    per corpus and label (reported, never silently lost)."""
+    wanted = set(labels)
+    kept, dropped = [], {}
+    for u in utterances:
+        if u.label in wanted:
+            kept.append(u)
+        else:
+            per = dropped.setdefault(u.corpus, {})
+            per[u.label] = per.get(u.label, 0) + 1
+    return kept, dropped
+
+
+def corpus_label_sets(utterances: Iterable[Utterance]) -> dict[str, list[str]]:
+    """{corpus: the labels it annotates (sorted)}: a class missing from a corpus is unknown
+    there, not absent (partial labels)."""
+    sets: dict[str, set[str]] = {}
+    for u in utterances:
+        sets.setdefault(u.corpus, set()).add(u.label)
+    return {c: sorted(v) for c, v in sorted(sets.items())}
+
+
+def model_labels(utterances: list[Utterance], labels: Iterable[str] | None = None) -> list[str]:
+    """The model's output order: ``labels`` as given, else EMO-DB's / IEMOCAP's fixed order for
+    those corpora alone, else every label found, sorted."""
+    if labels:
+        labels = list(labels)
+        if len(set(labels)) != len(labels):
+            raise CorpusError(f"labels {labels} name a class twice")
+        return labels
+    corpora = {u.corpus for u in utterances}
+    if corpora == {"emodb"}:
+        return corpus_labels("emodb", utterances)
+    if corpora == {"iemocap"}:
+        return corpus_labels("iemocap", utterances)
+    return sorted({u.label for u in utterances})
+
+
+def corpus_arrays(utterances: list[Utterance], labels: list[str]):
+    """(corpus index per utterance, (U, C) bool of the classes each one's corpus annotates):
+    the inputs of balanced sampling and of the partial-label loss."""
+    import numpy as np
+
+    sets = corpus_label_sets(utterances)
+    names = list(sets)
+    groups = np.array([names.index(u.corpus) for u in utterances], dtype=np.int32)
+    per_corpus = np.array([[label in sets[c] for label in labels] for c in names], dtype=bool)
+    return groups, per_corpus[groups]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from training import checkpoint, features
-from training.corpora import Utterance, fingerprint
+from training.corpora import Utterance, corpus_arrays, corpus_label_sets, fingerprint
 from training.train import TrainConfig, train_distilled
 from worker.frontend import FrontendConfig
 
@@ -29,8 +29,12 @@ def fit(utterances: list[Utterance], labels: list[str], cfg: FrontendConfig, tcf
             bar.update(task, completed=epoch,
                        description=f"{stats.get('phase', 'train')} loss {stats['loss']:.3f}{acc}")
 
-        result = train_distilled(data, y, ids, len(labels), tcfg, on_epoch=on_epoch)
+        groups, allowed = corpus_arrays(utterances, labels)
+        result = train_distilled(data, y, ids, len(labels), tcfg, on_epoch=on_epoch,
+                                 groups=groups, allowed=allowed)
     return checkpoint.save(out, result.model, labels, cfg, tcfg.to_dict(), history=result.history,
                            data_fingerprint=fingerprint(utterances),
+                           corpora={c: {"labels": ls, "utterances": sum(u.corpus == c for u in utterances)}
+                                    for c, ls in corpus_label_sets(utterances).items()},
                            speakers=sorted({u.speaker for u in utterances}),
                            n_utterances=len(utterances), train_seconds=time.time() - start)

@@ -8,15 +8,15 @@ import numpy as np
 
 
 def scores(y_true, y_pred, n_classes: int) -> dict[str, float]:
-    """UA (mean per-class recall), WA (accuracy) and macro-F1, in percent."""
+    """UA (mean per-class recall), WA (accuracy) and macro-F1, in percent, over the classes
+    present in ``y_true`` (a class the test data lacks has no recall to average)."""
     from sklearn.metrics import accuracy_score, f1_score, recall_score
 
     present = sorted(set(int(v) for v in y_true))
-    labels = list(range(n_classes))
     return {"ua": round(100 * recall_score(y_true, y_pred, labels=present, average="macro",
                                            zero_division=0), 2),
             "wa": round(100 * accuracy_score(y_true, y_pred), 2),
-            "f1": round(100 * f1_score(y_true, y_pred, labels=labels, average="macro",
+            "f1": round(100 * f1_score(y_true, y_pred, labels=present, average="macro",
                                        zero_division=0), 2)}
 
 

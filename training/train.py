@@ -55,6 +55,23 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float,
     return loss.sum(dim=-1).mean()
 
 
+#: What a class a sample's corpus does not annotate gets as logit inside the loss: its softmax
+#: share is exactly 0, so it gets no gradient from that sample (finite, so 0 * it stays 0).
+UNKNOWN_LOGIT = -1e9
+
+
+def partial_logits(logits: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+    """Logits for a loss restricted to each sample's annotated classes (partial labels).
+
+    A corpus that lacks a class says nothing about it: its samples must not teach the model
+    that the class never happens. The softmax inside the loss runs over the annotated classes
+    only; the others are masked out, so they get neither a push down nor up from the sample.
+    ``allowed``: (B, C) bool, or None for every class."""
+    if allowed is None:
+        return logits
+    return logits.masked_fill(~allowed, UNKNOWN_LOGIT)
+
+
 def soft_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     loss = -target * F.log_softmax(logits, dim=-1)
     if weight is not None:
@@ -80,12 +97,38 @@ def spec_augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> tor
     return x
 
 
-class EpochSampler:
-    """Picks one window per training utterance per epoch (variant and position at random)."""
+def balanced_weights(utt_ids: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                     alpha: float) -> np.ndarray:
+    """Sampling probability of each of ``utt_ids`` such that no corpus or class dominates: a
+    corpus (``groups``) gets a share ~ its size ** ``alpha`` (0: equal shares, 1: by size), each
+    class it annotates an equal part of that share, each utterance of a (corpus, class) cell an
+    equal part of the cell's."""
+    utt_ids = np.asarray(utt_ids)
+    g, y = groups[utt_ids], labels[utt_ids]
+    corpora, sizes = np.unique(g, return_counts=True)
+    share = dict(zip(corpora.tolist(), (sizes.astype(np.float64) ** alpha) / np.sum(sizes ** alpha)))
+    w = np.empty(len(utt_ids))
+    for c in corpora:
+        in_c = g == c
+        classes, counts = np.unique(y[in_c], return_counts=True)
+        for k, n in zip(classes, counts):
+            w[in_c & (y == k)] = share[c] / len(classes) / n
+    return w / w.sum()
 
-    def __init__(self, data: FeatureSet, utt_ids: np.ndarray, cfg: TrainConfig, seed: int) -> None:
+
+class EpochSampler:
+    """Picks one window per training utterance per epoch (variant and position at random).
+
+    With ``cfg.epoch_utterances`` and ``groups`` (each utterance's corpus), an epoch is that many
+    utterances drawn with replacement by :func:`balanced_weights` instead."""
+
+    def __init__(self, data: FeatureSet, utt_ids: np.ndarray, cfg: TrainConfig, seed: int,
+                 labels: np.ndarray | None = None, groups: np.ndarray | None = None) -> None:
         self.rng = np.random.default_rng(seed)
         self.cfg = cfg
+        self.weights = None
+        if cfg.epoch_utterances and groups is not None and labels is not None:
+            self.weights = balanced_weights(utt_ids, labels, groups, cfg.corpus_alpha)
         clean = data.variant == 0
         augmented = ~clean
         if cfg.aug_variant_names:  # variant indices follow the cache's order (VARIANTS)
@@ -99,7 +142,10 @@ class EpochSampler:
 
     def epoch(self) -> np.ndarray:
         picks = []
-        for u in self.utt_ids:
+        utts = self.utt_ids
+        if self.weights is not None:
+            utts = self.rng.choice(self.utt_ids, size=self.cfg.epoch_utterances, p=self.weights)
+        for u in utts:
             clean_rows, aug_rows = self.by_utt[int(u)]
             rows = clean_rows
             if self.cfg.augment and len(aug_rows) and self.rng.random() > self.cfg.clean_prob:
@@ -134,10 +180,25 @@ def ensemble_logits(teachers: list[torch.nn.Module], x: torch.Tensor) -> torch.T
     return probs.clamp_min(1e-8).log()
 
 
+def mix_partner(groups: np.ndarray, gen: torch.Generator) -> torch.Tensor:
+    """A mixup partner for each row from the same group (corpus): mixing across corpora would
+    blend two different sets of annotated classes."""
+    perm = torch.arange(len(groups))
+    for g in np.unique(groups):
+        idx = torch.from_numpy(np.flatnonzero(groups == g))
+        perm[idx] = idx[torch.randperm(len(idx), generator=gen)]
+    return perm
+
+
 def train(data: FeatureSet, labels: np.ndarray, utt_ids: np.ndarray, num_classes: int,
           cfg: TrainConfig, on_epoch: Callable[[int, dict], None] | None = None,
-          teachers: list[torch.nn.Module] | None = None) -> TrainResult:
+          teachers: list[torch.nn.Module] | None = None, groups: np.ndarray | None = None,
+          allowed: np.ndarray | None = None) -> TrainResult:
     """Train on the windows of ``utt_ids``; ``labels[u]`` is utterance ``u``'s class index.
+
+    Several corpora: ``groups[u]`` is utterance ``u``'s corpus index (balanced sampling with
+    ``cfg.epoch_utterances``, mixup inside a corpus) and ``allowed[u]`` (C bool) the classes its
+    corpus annotates: the loss is restricted to them (:func:`partial_logits`).
 
     With ``teachers`` (models trained on the same utterances, e.g. other seeds) and
     ``cfg.distill_weight`` > 0, the loss mixes the labels with the teachers' ensemble
@@ -158,7 +219,7 @@ def train(data: FeatureSet, labels: np.ndarray, utt_ids: np.ndarray, num_classes
         counts = np.bincount(labels[utt_ids], minlength=num_classes).astype(np.float64)
         w = counts.sum() / np.maximum(counts, 1) / num_classes
         weight = torch.tensor(w, dtype=torch.float32, device=device)[None, :]
-    sampler = EpochSampler(data, utt_ids, cfg, cfg.seed)
+    sampler = EpochSampler(data, utt_ids, cfg, cfg.seed, labels=labels, groups=groups)
     distill = bool(teachers) and cfg.distill_weight > 0
     if distill:
         teachers = [t.to(device).eval() for t in teachers]
@@ -175,21 +236,27 @@ def train(data: FeatureSet, labels: np.ndarray, utt_ids: np.ndarray, num_classes
             x = torch.from_numpy(data.features[rows].astype(np.float32))
             y_idx = torch.from_numpy(labels[data.utt[rows]].astype(np.int64))
             x, y_idx = x.to(device), y_idx.to(device)
+            mask = (torch.from_numpy(allowed[data.utt[rows]]).to(device)
+                    if allowed is not None else None)
             y = F.one_hot(y_idx, num_classes).float()
             if cfg.label_smoothing:
-                y = y * (1 - cfg.label_smoothing) + cfg.label_smoothing / num_classes
+                spread = (mask.float() / mask.sum(-1, keepdim=True) if mask is not None
+                          else 1.0 / num_classes)
+                y = y * (1 - cfg.label_smoothing) + cfg.label_smoothing * spread
             if cfg.time_masks or cfg.freq_masks:
                 x = spec_augment(x.cpu(), cfg, gen).to(device)
             if cfg.mixup_alpha and len(rows) > 1:
                 lam = float(np.random.beta(cfg.mixup_alpha, cfg.mixup_alpha))
-                perm = torch.randperm(len(rows), generator=gen).to(device)
+                perm = (mix_partner(groups[data.utt[rows]], gen) if groups is not None
+                        else torch.randperm(len(rows), generator=gen)).to(device)
                 x = lam * x + (1 - lam) * x[perm]
                 y = lam * y + (1 - lam) * y[perm]
             logits = model(x)
+            scored = partial_logits(logits, mask)
             if cfg.loss == "focal":
-                loss = focal_loss(logits, y, cfg.focal_gamma, weight)
+                loss = focal_loss(scored, y, cfg.focal_gamma, weight)
             else:
-                loss = soft_ce(logits, y, weight)
+                loss = soft_ce(scored, y, weight)
             if distill:
                 loss = ((1 - cfg.distill_weight) * loss + cfg.distill_weight
                         * distill_loss(logits, ensemble_logits(teachers, x), cfg.distill_temperature))
@@ -206,7 +273,7 @@ def train(data: FeatureSet, labels: np.ndarray, utt_ids: np.ndarray, num_classes
                     for be, bm in zip(ema.buffers(), model.buffers()):
                         be.copy_(bm)
             total += float(loss.detach()) * len(rows)
-            correct += int((logits.argmax(-1) == y_idx).sum())
+            correct += int((scored.argmax(-1) == y_idx).sum())
             seen += len(rows)
         stats = {"epoch": epoch + 1, "loss": total / seen, "train_acc": correct / seen,
                  "lr": lr_at(cfg, epoch, 1.0)}
@@ -219,7 +286,9 @@ def train(data: FeatureSet, labels: np.ndarray, utt_ids: np.ndarray, num_classes
 
 
 def train_distilled(data: FeatureSet, labels: np.ndarray, utt_ids: np.ndarray, num_classes: int,
-                    cfg: TrainConfig, on_epoch: Callable[[int, dict], None] | None = None) -> TrainResult:
+                    cfg: TrainConfig, on_epoch: Callable[[int, dict], None] | None = None,
+                    groups: np.ndarray | None = None, allowed: np.ndarray | None = None
+                    ) -> TrainResult:
     """:func:`train`, first training ``cfg.teachers`` teachers (the same recipe and data, seeds
     ``seed + 1`` ...) when asked, then the student distilled from their ensemble, then (with
     ``cfg.qat_epochs``) the student's int8 agreement fine-tuning (:mod:`training.qat`).
@@ -229,10 +298,12 @@ def train_distilled(data: FeatureSet, labels: np.ndarray, utt_ids: np.ndarray, n
         tcfg = replace(cfg, seed=cfg.seed + 1 + k, teachers=0, distill_weight=0.0)
         done = k * cfg.epochs
         cb = (lambda e, st, d=done: on_epoch(d + e, {**st, "phase": "teacher"})) if on_epoch else None
-        teachers.append(train(data, labels, utt_ids, num_classes, tcfg, on_epoch=cb).model)
+        teachers.append(train(data, labels, utt_ids, num_classes, tcfg, on_epoch=cb,
+                              groups=groups, allowed=allowed).model)
     done = cfg.teachers * cfg.epochs
     cb = (lambda e, st: on_epoch(done + e, st)) if on_epoch else None
-    result = train(data, labels, utt_ids, num_classes, cfg, on_epoch=cb, teachers=teachers or None)
+    result = train(data, labels, utt_ids, num_classes, cfg, on_epoch=cb, teachers=teachers or None,
+                   groups=groups, allowed=allowed)
     result.teachers = [t.to("cpu").eval() for t in teachers]
     if cfg.qat_epochs:
         from training.qat import finetune_for_int8
