@@ -256,12 +256,15 @@ def train(corpus, data, labels, label_map, iemocap_subset, window_s, input_type,
 @opt("--loco-report", type=click.Path(path_type=Path), default=None,
      help="Leave-one-corpus-out report: its per-corpus figures go into the manifest and card, "
           "its temperature into the exported graphs.")
+@opt("--baseline-eval", type=click.Path(path_type=Path), default=None,
+     help="`sernet eval` report of a previous model on the held-out corpora, shown beside the "
+          "LOCO figures for contrast.")
 @opt("--fp16", is_flag=True, help="Also export an fp16 model.")
 @opt("--fused", is_flag=True, help="Also export the model with the frontend fused in (waveform in).")
 @opt("--min-agreement", type=float, default=98.0, show_default=True,
      help="Refuse to write an int8 model agreeing less with fp32 (percent of windows).")
 def export(checkpoint, corpus, data, labels, label_map, iemocap_subset, out, cv_report, loco_report,
-           fp16, fused, min_agreement):
+           baseline_eval, fp16, fused, min_agreement):
     """Export CHECKPOINT to ONNX fp32 + int8 (static, calibrated on training audio) and write
     the artifact folder: models, manifest.json with sha256 and CV metrics, model card. With a
     LOCO report, its temperature is baked into the graphs (calibrated scores)."""
@@ -272,6 +275,8 @@ def export(checkpoint, corpus, data, labels, label_map, iemocap_subset, out, cv_
         manifest = build_artifact(checkpoint, utts, out, cv_report if cv_report.is_file() else None,
                                   fp16=fp16, fused=fused, min_agreement=min_agreement,
                                   loco_report=loco_report if loco_report and loco_report.is_file()
+                                  else None,
+                                  baseline_report=baseline_eval if baseline_eval and baseline_eval.is_file()
                                   else None)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -371,3 +376,78 @@ def predict(files, artifact, precision, hop_s, threads, as_json):
         Console().print(table)
     if failed:
         raise SystemExit(1)
+
+
+@click.command(name="eval")
+@click.argument("data", nargs=-1, required=True, type=click.Path(path_type=Path))
+@opt("--corpus", type=click.Choice(("auto", *CORPUS_KINDS)), default="auto", show_default=True,
+     help="Layout of DATA: auto-detected, EMO-DB naming, folder-per-label, CSV manifest "
+          "(path,label,speaker[,corpus]) or IEMOCAP.")
+@opt("--label-map", default=None,
+     help="their=ours,... maps the data's label names to the model's (ours '-' drops a label); "
+          "labels the model lacks are counted and reported, not scored.")
+@opt("--artifact", type=click.Path(path_type=Path), default=DEFAULT_ARTIFACT_DIR, show_default=True,
+     help="Model artifact folder.")
+@opt("--precision", type=click.Choice(["int8", "fp32"]), default="int8", show_default=True,
+     help="Which model of the artifact.")
+@opt("--hop-s", type=float, default=1.0, show_default=True, help="Hop between windows.")
+@opt("--threads", type=int, default=1, show_default=True, help="onnxruntime threads.")
+@opt("--iemocap-subset", type=click.Choice(["improvised", "scripted", "all"]),
+     default="improvised", show_default=True, help="IEMOCAP sessions to use.")
+@opt("--out", type=click.Path(path_type=Path), default=Path("runs/eval"), show_default=True,
+     help="Folder for eval_report.json and confusion.png.")
+@opt("--json", "as_json", is_flag=True, help="End with the report as one JSON line.")
+def evaluate(data, corpus, label_map, artifact, precision, hop_s, threads, iemocap_subset, out,
+             as_json):
+    """Score labelled DATA (EMO-DB layout, folder per label, CSV manifest; several allowed) with
+    the artifact: UA/WA/F1 over the classes it shares with the model, per-class recall,
+    confusion matrix (PNG + JSON) and calibration error. Check the model on your own
+    recordings before trusting its events."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from training.corpora import load_corpora, parse_label_map, relabel
+    from training.evaluate import evaluate as run
+    from training.evaluate import write
+    from worker.artifact import ArtifactError, load_artifact
+    from worker.model import EmotionModel
+
+    try:
+        art = load_artifact(artifact)
+        utts = relabel(load_corpora(data, corpus, subset=iemocap_subset), parse_label_map(label_map))
+    except (ArtifactError, CorpusError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    model = EmotionModel.from_artifact(art, precision, threads=threads)
+    report, _ = run(model, art.labels, utts, art.frontend, hop_s, progress=sys.stderr.isatty())
+    report.update({"artifact": f"{art.name} {art.version}", "precision": precision,
+                   "data": [str(d) for d in data]})
+    paths = write(report, out, f"{art.name} {precision}")
+    console = Console(stderr=as_json)
+    for label, n in report["not_in_model"].items():
+        console.print(f"not scored: {n} '{label}' files (not a model class; map it with "
+                      f"--label-map {label}=<class> or {label}=-)")
+    for bad in report["failed"]:
+        console.print(f"[red]failed[/red]: {bad['error']}")
+    m = report.get("metrics")
+    if m is None:
+        raise click.ClickException(f"no file of {', '.join(map(str, data))} has a label the model "
+                                   f"knows ({', '.join(art.labels)}); use --label-map")
+    table = Table(title=f"{art.name} {art.version} ({precision}) on {report['scored']} files")
+    for col in ("data", "n", "UA %", "WA %", "F1 %", "ECE %"):
+        table.add_column(col, justify="left" if col == "data" else "right")
+    for name, pm in {**report.get("per_corpus", {}), "all": m}.items():
+        table.add_row(name, str(pm["n"]), f"{pm['ua']:.2f}", f"{pm['wa']:.2f}", f"{pm['f1']:.2f}",
+                      f"{pm['ece']:.2f}")
+    console.print(table)
+    recall = Table(title="recall per class (%) and confusion (rows: true, columns: predicted)")
+    recall.add_column("true")
+    recall.add_column("recall", justify="right")
+    for label in art.labels:
+        recall.add_column(label[:5], justify="right")
+    for label, r in m["recall"].items():
+        row = m["confusion"][art.labels.index(label)]
+        recall.add_row(label, f"{r:.1f}", *[str(v) for v in row])
+    console.print(recall)
+    console.print(f"report: {paths['json']}  confusion: {paths.get('png')}")
+    if as_json:
+        click.echo(json.dumps(report))

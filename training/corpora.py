@@ -56,6 +56,17 @@ CORPUS_KINDS = ("emodb", "folder", "csv", "iemocap")
 MANIFEST_CSV = "manifest.csv"
 
 
+#: What the model card says of each corpus the project knows (shared/data/README.md).
+KNOWN_CORPORA = {
+    "emodb": {"language": "German", "kind": "acted", "licence": "research use"},
+    "emovo": {"language": "Italian", "kind": "acted", "licence": "research use"},
+    "nemo": {"language": "Polish", "kind": "acted", "licence": "CC BY-NC-SA 4.0"},
+    "turev": {"language": "Turkish", "kind": "acted, single words", "licence": "CC BY-NC-ND 4.0"},
+    "urdu": {"language": "Urdu", "kind": "natural (TV talk shows)", "licence": "research use"},
+    "iemocap": {"language": "English", "kind": "acted dialogues", "licence": "research use"},
+}
+
+
 class CorpusError(ValueError):
     """A corpus that cannot be read as asked."""
 

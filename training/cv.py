@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -344,6 +345,13 @@ def run_cv(utterances: list[Utterance], labels: list[str], frontend: FrontendCon
                     results[name] = fut.result()
                     bar.update(tasks[name], visible=False)
                     bar.advance(overall)
+                    if not progress:  # a log line per fold where there is no live bar
+                        r = results[name]
+                        pred = np.asarray(r.get("int8_probs", r["fp32_probs"])).argmax(-1)
+                        ua = scores(r["y_true"], pred.tolist(), len(labels))["ua"]
+                        print(f"fold {name} done ({len(results)}/{len(folds)}): "
+                              f"{len(r['y_true'])} utterances, UA {ua:.2f}%, "
+                              f"{r['seconds']:.0f} s", file=sys.stderr, flush=True)
         finally:
             stop.set()
             thread.join()

@@ -62,6 +62,21 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_shape: tuple[int
     return path
 
 
+def bake_temperature(model: torch.nn.Module, temperature: float) -> torch.nn.Module:
+    """A copy of ``model`` whose logits are divided by ``temperature``: the dense layer's
+    weights and bias scaled by 1/T, so the exported softmax gives calibrated scores with no
+    extra graph op (and the same argmax)."""
+    import copy
+
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, not {temperature}")
+    model = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        model.classifier.weight.div_(temperature)
+        model.classifier.bias.div_(temperature)
+    return model
+
+
 class _Calibration:
     """onnxruntime CalibrationDataReader over a feature array."""
 

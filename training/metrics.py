@@ -26,7 +26,10 @@ def confusion(y_true, y_pred, n_classes: int) -> np.ndarray:
     return confusion_matrix(y_true, y_pred, labels=list(range(n_classes)))
 
 
-def plot_confusion(cm: np.ndarray, labels: list[str], path: str | Path, title: str = "") -> Path:
+def plot_confusion(cm: np.ndarray, labels: list[str], path: str | Path, title: str = "",
+                   row_labels: list[str] | None = None) -> Path:
+    """Row-normalised confusion matrix as a PNG; ``row_labels`` when the rows are a subset of
+    the columns (test data lacking some of the model's classes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,7 +40,7 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: str | Path, title: s
     fig, ax = plt.subplots(figsize=(6.4, 5.4), dpi=110)
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
+    ax.set_yticks(range(cm.shape[0]), row_labels or labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     for i in range(cm.shape[0]):

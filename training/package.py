@@ -13,7 +13,9 @@ import numpy as np
 from training import checkpoint, features
 from training.corpora import Utterance
 from training.config import INT8_RECIPES
-from training.export import agreement, export_onnx, int8_recipe, ort_scores, quantize_selected
+from training.corpora import KNOWN_CORPORA
+from training.export import (agreement, bake_temperature, export_onnx, int8_recipe, ort_scores,
+                             quantize_selected)
 from training.model import count_mflops, count_parameters
 from worker.artifact import REPO_ROOT, write_manifest
 from worker.frontend import FrontendConfig
@@ -46,16 +48,82 @@ def code_version(exclude: Path | None = None) -> str:
         return "unknown"
 
 
+REPORTS = "reports"
+
+
+def copy_report(report: Path, out_dir: Path, name: str, files: dict) -> None:
+    """Copy a CV or eval report folder's summary files (and each fold's result.json) into
+    ``out_dir/reports/name`` and list them in ``files``: every figure the manifest and card
+    quote is traceable to a file beside them."""
+    src = Path(report).parent
+    dest = Path(out_dir) / REPORTS / name
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    picked = [Path(report)] + sorted(src.glob("*.png")) + sorted(src.glob("*.md"))
+    picked += sorted(src.glob("folds/*/result.json"))
+    for path in picked:
+        target = dest / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+        kind = "figure" if path.suffix == ".png" else "report"
+        files[target.relative_to(out_dir).as_posix()] = {"kind": kind}
+
+
+def loco_metrics(report: dict, baseline: dict | None = None) -> dict:
+    """The manifest's ``metrics.loco``: each held-out corpus, their mean, the EMO-DB-only
+    model's figures on the same corpora (``baseline``: an eval report) for contrast."""
+    out = {"protocol": report["protocol"], "labels": report["labels"],
+           "mean": report["metrics"]["per_corpus_mean"],
+           "per_corpus": {f["speaker"]: {"n": f["n"], "classes": f["classes"],
+                                         **{p: {k: f[p][k] for k in ("ua", "wa", "f1")}
+                                            | {"restricted_ua": f[p]["restricted"]["ua"]}
+                                            for p in ("fp32", "int8") if p in f},
+                                         "int8_agreement_windows": f.get("int8_agreement_windows")}
+                          for f in report["folds"]},
+           "seconds": round(report.get("seconds", 0.0)),
+           "fold_seconds_total": report.get("fold_seconds_total"),
+           "train_config": report["train_config"]}
+    if baseline and baseline.get("per_corpus"):
+        out["baseline"] = {"model": baseline.get("artifact"),
+                           "per_corpus": {c: {k: m[k] for k in ("ua", "wa", "f1")}
+                                          for c, m in baseline["per_corpus"].items()},
+                           "mean": baseline.get("per_corpus_mean")}
+    return out
+
+
+def corpus_agreement(utterances: list[Utterance], ev, p32: np.ndarray, p8: np.ndarray) -> dict:
+    """int8/fp32 window agreement (percent) per corpus."""
+    corpus = np.array([utterances[i].corpus for i in ev.utt])
+    return {c: round(100 * agreement(p32[corpus == c], p8[corpus == c]), 2)
+            for c in sorted(set(corpus.tolist()))}
+
+
 def build_artifact(ckpt_path: Path, utterances: list[Utterance], out_dir: Path,
                    cv_report: Path | None = None, fp16: bool = False, fused: bool = False,
                    calib_windows: int = 256,
-                   min_agreement: float = 98.0, name: str = "light-sernet-emodb",
-                   version: str = "1.0.0") -> dict:
-    """Export ``ckpt_path`` to ``out_dir`` and write its manifest; returns the manifest."""
+                   min_agreement: float = 98.0, name: str | None = None,
+                   version: str = "2.0.0", loco_report: Path | None = None,
+                   baseline_report: Path | None = None) -> dict:
+    """Export ``ckpt_path`` to ``out_dir`` and write its manifest; returns the manifest.
+
+    With ``loco_report``, the temperature it fitted on held-out corpora is baked into the
+    graphs (:func:`training.export.bake_temperature`) and its per-corpus figures go into the
+    manifest and card."""
     model, blob = checkpoint.load(ckpt_path)
     cfg = FrontendConfig.from_dict(blob["frontend"])
     labels = blob["labels"]
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("confusion_int8.png", "confusion_fp32.png", "cv_table.md", REPORTS):
+        target = out_dir / stale
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    loco = json.loads(Path(loco_report).read_text()) if loco_report else None
+    calibration = (loco or {}).get("calibration")
+    if calibration:
+        model = bake_temperature(model, calibration["temperature"])
     export_onnx(model, out_dir / FP32, cfg.input_shape)
     tr = features.build(utterances, cfg, "train", progress=False)
     recipe = blob["train_config"].get("int8_recipe", INT8_RECIPES[0])
@@ -67,9 +135,12 @@ def build_artifact(ckpt_path: Path, utterances: list[Utterance], out_dir: Path,
     p32 = ort_scores(out_dir / FP32, ev.features)
     p8 = ort_scores(out_dir / INT8, ev.features)
     agree = 100 * agreement(p32, p8)
-    if agree < min_agreement:
-        raise RuntimeError(f"int8/fp32 agreement {agree:.2f}% < {min_agreement}% on the "
-                           "training corpus windows: refusing to write the artifact")
+    per_corpus = corpus_agreement(utterances, ev, p32, p8)
+    worst = min(per_corpus, key=per_corpus.get)
+    if agree < min_agreement or per_corpus[worst] < min_agreement:
+        raise RuntimeError(f"int8/fp32 agreement {agree:.2f}% ({worst}: {per_corpus[worst]:.2f}%) "
+                           f"< {min_agreement}% on the training corpus windows: refusing to write "
+                           "the artifact")
     files = {INT8: {"precision": "int8", "kind": "model"}, FP32: {"precision": "fp32", "kind": "model"}}
     if fp16:
         export_onnx(model, out_dir / FP16, cfg.input_shape, fp16=True)
@@ -80,6 +151,8 @@ def build_artifact(ckpt_path: Path, utterances: list[Utterance], out_dir: Path,
         export_fused(model, out_dir / FUSED, cfg)
         files[FUSED] = {"precision": "fp32", "kind": "fused-frontend",
                         "input": {"name": "waveform", "shape": [None, cfg.window_samples]}}
+    corpora = blob.get("corpora") or {"emodb": {"labels": labels, "utterances": blob.get("n_utterances")}}
+    name = name or ("light-sernet-multi" if len(corpora) > 1 else "light-sernet-emodb")
     manifest = {
         "name": name, "version": version,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -105,8 +178,12 @@ def build_artifact(ckpt_path: Path, utterances: list[Utterance], out_dir: Path,
                                              "int8 model agrees best with fp32 on augmented "
                                              "training windows",
                          "calibration_selection": selection,
-                         "agreement_with_fp32_on_training_windows": round(agree, 2)},
-        "training": {"corpus": "EMO-DB", "utterances": blob.get("n_utterances"),
+                         "agreement_with_fp32_on_training_windows": round(agree, 2),
+                         "agreement_with_fp32_per_corpus": per_corpus},
+        "training": {"corpora": {c: {**KNOWN_CORPORA.get(c, {}), **meta} for c, meta in corpora.items()},
+                     "licence_note": "trained on research / non-commercial corpora: the model "
+                                     "inherits their terms (research and non-commercial use only)",
+                     "utterances": blob.get("n_utterances"),
                      "speakers": blob.get("speakers"), "data_fingerprint": blob.get("data_fingerprint"),
                      "train_config": blob["train_config"],
                      "train_seconds": round(blob.get("train_seconds", 0.0), 1)},
@@ -125,13 +202,21 @@ def build_artifact(ckpt_path: Path, utterances: list[Utterance], out_dir: Path,
             "fold_seconds_total": report.get("fold_seconds_total"),
             "train_config": report["train_config"],
         }
-        for png in ("confusion_int8.png", "confusion_fp32.png"):
-            src = Path(cv_report).parent / png
-            if src.is_file():
-                shutil.copy(src, out_dir / png)
-                files[png] = {"kind": "figure"}
-        shutil.copy(Path(cv_report).parent / "cv_table.md", out_dir / "cv_table.md")
-        files["cv_table.md"] = {"kind": "report"}
+        copy_report(Path(cv_report), out_dir, "loso", files)
+    if loco is not None:
+        baseline = json.loads(Path(baseline_report).read_text()) if baseline_report else None
+        manifest["metrics"]["loco"] = loco_metrics(loco, baseline)
+        copy_report(Path(loco_report), out_dir, "loco", files)
+        if baseline_report:
+            copy_report(Path(baseline_report), out_dir, "baseline", files)
+    manifest["calibration"] = (
+        {"method": "temperature", "temperature": calibration["temperature"],
+         "baked_into": "the dense layer of every exported graph (logits / T)",
+         "fitted_on": "held-out windows of the leave-one-corpus-out folds (each corpus scored "
+                      "by a model that never trained on it; all of them training data here)",
+         "ece_before": calibration["ece_before"], "ece_after": calibration["ece_after"],
+         "ece_judged_on": calibration["judged_on"]}
+        if calibration else {"method": "none", "temperature": 1.0})
     write_manifest(out_dir, manifest)  # fills sizes the card quotes
     from training.card import write_card
 
