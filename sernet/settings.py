@@ -63,6 +63,7 @@ class Settings:
     hop_s: float = 1.0
     batch_size: int = 32
     batch_wait_ms: float = 5.0
+    scoring_max_tries: int = 3
     model_batch: int = 1
     streaming_frontend: int = 1
     model_dir: str | None = None  # None: the repository's model_artifacts/
@@ -112,6 +113,8 @@ class Settings:
             raise bad("hop_s", f"hop {self.hop_s} s exceeds the window {self.window_s} s")
         if self.batch_wait_ms < 0:
             raise bad("batch_wait_ms", "must be >= 0")
+        if self.scoring_max_tries < 1:
+            raise bad("scoring_max_tries", "must be >= 1")
         if self.heartbeat_s >= self.session_timeout_s:
             raise bad("heartbeat_s", "must be shorter than the session timeout")
         if not 0 <= self.web_port < 65536:
@@ -228,6 +231,7 @@ FIELDS: dict[str, FieldSpec] = {
     "hop_s": FieldSpec("SERNET_HOP_S", float, "Hop between windows, seconds."),
     "batch_size": FieldSpec("SERNET_BATCH_SIZE", int, "Most windows handed to the scoring thread at once (across speakers)."),
     "batch_wait_ms": FieldSpec("SERNET_BATCH_WAIT_MS", float, "Longest wait to fill a batch, milliseconds."),
+    "scoring_max_tries": FieldSpec("SERNET_SCORING_MAX_TRIES", int, "Tries of a failing model batch before its windows are scored one by one and those still failing are dead-lettered (reason scoring_failed)."),
     "model_batch": FieldSpec("SERNET_MODEL_BATCH", int, "Most windows per onnxruntime call within a batch; 1 is the fastest per window and the smallest in memory for the int8 model on CPU."),
     "streaming_frontend": FieldSpec("SERNET_STREAMING_FRONTEND", int, "1: reuse each speaker's mel frames across windows, bit-identical to computing each window from scratch (0), about half the frontend CPU."),
     "model_dir": FieldSpec("SERNET_MODEL_DIR", _opt_str, "Model artifact directory (default: model_artifacts/)."),

@@ -84,3 +84,61 @@ def test_in_loop_scoring_runs_on_the_loops_thread_and_the_executor_mode_does_not
     here = threading.get_ident()
     assert threads_seen(in_loop=True) == {here}
     assert here not in threads_seen(in_loop=False)
+
+
+def _run_failing(scorer, items, max_tries=3):
+    """(delivered items, failed (items, reason) pairs, scoring tries) for ``items`` fed at once."""
+    delivered, failed = [], []
+
+    async def on_scored(windows, scores):
+        delivered.extend(windows)
+
+    async def on_failed(windows, reason):
+        failed.append((list(windows), reason))
+
+    async def go():
+        bs = BatchScorer(scorer, on_scored, batch_size=8, batch_wait_s=0.01, in_loop=True,
+                         max_tries=max_tries, on_failed=on_failed, retry_delay_s=0.001)
+        bs.start()
+        for item in items:
+            await bs.put(item)
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            if bs.idle:
+                break
+        assert bs.idle, "the scorer is stuck on a failing batch"
+        await bs.stop()
+
+    asyncio.run(go())
+    return delivered, failed
+
+
+class _Failing(_Scorer):
+    """Fails every call that includes one of ``poison`` (every call when ``poison`` is None)."""
+
+    def __init__(self, poison=None):
+        self.poison, self.calls = poison, 0
+
+    def lead_and_score(self, items):
+        self.calls += 1
+        if self.poison is None or any(x in self.poison for x in items):
+            raise RuntimeError("model exploded")
+        return super().lead_and_score(items)
+
+
+def test_a_batch_that_always_fails_is_bounded_and_its_windows_reported() -> None:
+    scorer = _Failing()
+    delivered, failed = _run_failing(scorer, ["a", "b", "c"], max_tries=3)
+    assert delivered == []
+    assert [w for ws, _ in failed for w in ws] == ["a", "b", "c"]
+    assert "RuntimeError: model exploded" in failed[0][1] and "3 tries" in failed[0][1]
+    assert scorer.calls == 3 + 3  # three tries of the batch, then one per window
+
+
+def test_only_the_poisoned_window_fails_and_the_others_flow() -> None:
+    delivered, failed = _run_failing(_Failing(poison={"bad"}), ["a", "bad", "c", "d"], max_tries=2)
+    assert delivered == ["a", "c", "d"]
+    assert [ws for ws, _ in failed] == [["bad"]]
+    # later batches are unaffected
+    delivered, failed = _run_failing(_Failing(poison={"bad"}), ["x", "y"], max_tries=2)
+    assert delivered == ["x", "y"] and failed == []

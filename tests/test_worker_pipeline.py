@@ -284,3 +284,33 @@ def test_revoked_partition_replay_of_finished_speaker_is_scored_again(bundle):
     events = h.events()
     assert len(events) == 2 * want  # at-least-once: the replay is scored again
     assert {e.event_id for _, e in events[:want]} == {e.event_id for _, e in events[want:]}
+
+
+def test_a_model_that_always_fails_dead_letters_windows_and_releases_offsets(bundle):
+    """A broken model no longer stalls the worker: after scoring_max_tries its windows go to
+    the dead-letter topic (reason scoring_failed, counted) and their chunks are acked."""
+    model, frontend, info = bundle
+
+    class Broken:
+        labels = model.labels
+
+        def scores(self, features):
+            raise RuntimeError("onnxruntime says no")
+
+    h = Harness((Broken(), frontend, info), scoring_max_tries=2)
+
+    async def run():
+        h.pipeline.scorer.retry_delay_s = 0.001
+        h.pipeline.start()
+        audio = np.full(int(3.5 * SR), 0.1, np.float32)
+        for chunk in chunks_of(audio, "s", "a", chunk_s=0.5):
+            await h.feed(chunk)
+        await h.settle()
+        await h.pipeline.stop()
+
+    asyncio.run(run())
+    dead = h.dead()
+    assert h.events() == [] and dead and all(d.reason == "scoring_failed" for d in dead)
+    assert "onnxruntime says no" in dead[0].detail and "2 tries" in dead[0].detail
+    assert h.acked == [(0, i) for i in range(7)]  # every chunk released, in order
+    assert h.pipeline.metrics.dlq.labels("scoring_failed")._value.get() == len(dead)

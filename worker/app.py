@@ -171,7 +171,9 @@ class Pipeline:
                                   batch_size=settings.batch_size,
                                   batch_wait_s=settings.batch_wait_ms / 1000.0,
                                   metrics=self.metrics,
-                                  in_loop=bool(settings.score_in_loop))
+                                  in_loop=bool(settings.score_in_loop),
+                                  max_tries=settings.scoring_max_tries,
+                                  on_failed=self._on_failed)
         self.started = False
         self._gauges_at = -1e9
         # more throttled gauges, refreshed with these (the app adds the consumer lag, which
@@ -391,6 +393,22 @@ class Pipeline:
         self.metrics.events.inc(sum(topic == self.settings.output_topic for topic, _, _ in items))
         for window in windows:
             self.metrics.event_latency_s.observe(max(0.0, done_at - window.completed_at))
+            for token in window.release:
+                self._release(token)
+        self._gauges()
+
+    async def _on_failed(self, windows: list[Window], detail: str) -> None:
+        """Windows the model could not score after every try: each goes to the dead-letter
+        topic with the error, and its audio is released so the offsets move on."""
+        items = []
+        for window in windows:
+            dl = DeadLetter.build("scoring_failed",
+                                  f"window {window.key[0]}/{window.key[1]} @{window.start_sample}: "
+                                  f"{detail}", key=message_key(*window.key))
+            self.metrics.dlq.labels(dl.reason).inc()
+            items.append((self.settings.dlq_topic, message_key(*window.key), encode(dl)))
+        await self._publish(items)
+        for window in windows:
             for token in window.release:
                 self._release(token)
         self._gauges()

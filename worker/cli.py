@@ -15,7 +15,7 @@ BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"
 
 WORKER_OPTIONS = (*KAFKA_OPTIONS, "input_topic", "output_topic", "dlq_topic", "partitions",
                   "consumer_group", "session_timeout_s", "heartbeat_s", "fetch_max_wait_ms", "window_s", "hop_s",
-                  "batch_size", "batch_wait_ms", "streaming_frontend", "model_dir", "threads", "idle_timeout_s",
+                  "batch_size", "batch_wait_ms", "scoring_max_tries", "streaming_frontend", "model_dir", "threads", "idle_timeout_s",
                   "max_speakers", "max_buffer_s", "max_reorder_chunks", "reorder_timeout_s",
                   "vad_threshold_dbfs", "web_port", "log_level")
 

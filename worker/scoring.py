@@ -12,6 +12,11 @@ beside the loop (bench/README.md, section 26, measured both).
 Batches are processed one after another and the callback is awaited before the next batch
 starts, so when the callback returns, every window of this batch *and of all earlier batches*
 has been handled; the worker relies on that to release chunk offsets in order.
+
+A batch whose scoring fails is tried ``max_tries`` times with back-off; then each of its
+windows is scored on its own once, and the windows that still fail go to ``on_failed`` with the
+error (the worker dead-letters them): one bad window or a broken model costs a bounded delay,
+never a stalled worker.
 """
 
 from __future__ import annotations
@@ -114,16 +119,23 @@ class WindowScorer:
 
 
 ScoredCallback = Callable[[list[Window], np.ndarray], Awaitable[None]]
+FailedCallback = Callable[[list[Window], str], Awaitable[None]]
 
 
 class BatchScorer:
     def __init__(self, scorer: WindowScorer, on_scored: ScoredCallback, *, batch_size: int = 32,
                  batch_wait_s: float = 0.02, max_pending: int | None = None, metrics=None,
-                 in_loop: bool = False) -> None:
+                 in_loop: bool = False, max_tries: int = 3,
+                 on_failed: FailedCallback | None = None, retry_delay_s: float = 0.1) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if max_tries < 1:
+            raise ValueError("max_tries must be >= 1")
         self.scorer = scorer
         self.on_scored = on_scored
+        self.on_failed = on_failed
+        self.max_tries = max_tries
+        self.retry_delay_s = retry_delay_s
         self.batch_size = batch_size
         self.batch_wait_s = max(0.0, batch_wait_s)
         # Backpressure: the consumer awaits put() when this many windows wait for the model.
@@ -178,42 +190,93 @@ class BatchScorer:
         return batch
 
     async def run(self) -> None:
-        """Forever: a batch, its scores, the callback. A failure (model error, a bug in the
-        callback) is logged, counted (``sernet_scoring_errors_total``) and the same batch is
-        retried with back-off: dropping it would lose its events and hold its offsets forever,
-        and letting the task die would silently stop all scoring."""
-        loop = asyncio.get_running_loop()
+        """Forever: a batch, its scores, the callback (:meth:`_handle`)."""
         while True:
             batch = await self._next_batch()
             self._busy = True
-            delay_s = 0.1
             try:
-                while True:
-                    try:
-                        t0 = time.perf_counter()
-                        if self.in_loop:
-                            windows, scores, cpu_s = self._timed(batch)
-                        else:
-                            windows, scores, cpu_s = await loop.run_in_executor(
-                                self.executor, self._timed, batch)
-                        if self.metrics is not None:
-                            self.metrics.labelled(self.metrics.scoring_cpu_s, self._where).inc(cpu_s)
-                            self.metrics.inference_s.observe(time.perf_counter() - t0)
-                            self.metrics.batch_size.observe(len(windows))
-                            self.metrics.pending_windows.set(self.queue.qsize())
-                        if windows:
-                            await self.on_scored(windows, scores)
-                        break
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception:
-                        log.exception("scoring_failed_retrying", windows=len(batch), retry_in_s=delay_s)
-                        if self.metrics is not None:
-                            self.metrics.scoring_errors.inc()
-                        await asyncio.sleep(delay_s)
-                        delay_s = min(delay_s * 2, 5.0)
+                await self._handle(batch)
             finally:
                 self._busy = False
+
+    async def _score(self, items) -> tuple[list[Window], np.ndarray]:
+        """One scoring try of ``items``, timed and counted."""
+        t0 = time.perf_counter()
+        if self.in_loop:
+            windows, scores, cpu_s = self._timed(items)
+        else:
+            loop = asyncio.get_running_loop()
+            windows, scores, cpu_s = await loop.run_in_executor(self.executor, self._timed, items)
+        if self.metrics is not None:
+            self.metrics.labelled(self.metrics.scoring_cpu_s, self._where).inc(cpu_s)
+            self.metrics.inference_s.observe(time.perf_counter() - t0)
+            self.metrics.batch_size.observe(len(windows))
+            self.metrics.pending_windows.set(self.queue.qsize())
+        return windows, scores
+
+    async def _handle(self, batch) -> None:
+        """Score ``batch`` (``max_tries`` tries, then window by window) and hand the scores to
+        ``on_scored``. A failing callback (e.g. an unreachable broker) is retried with back-off
+        until it succeeds: its windows' events must not be lost."""
+        delay_s = self.retry_delay_s
+        for attempt in range(1, self.max_tries + 1):
+            try:
+                windows, scores = await self._score(batch)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("scoring_failed", windows=len(batch), attempt=attempt,
+                              max_tries=self.max_tries)
+                if self.metrics is not None:
+                    self.metrics.scoring_errors.inc()
+                if attempt == self.max_tries:
+                    await self._one_by_one(batch, exc)
+                    return
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 5.0)
+        await self._deliver(windows, scores)
+
+    async def _one_by_one(self, batch, first_error: BaseException) -> None:
+        """After ``max_tries`` failed tries: each item once on its own; the windows that still
+        fail go to ``on_failed`` with their error, the others are delivered as usual."""
+        failed: list[Window] = []
+        reason = f"{type(first_error).__name__}: {first_error}"
+        for item in batch:
+            try:
+                windows, scores = await self._score([item])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                if not isinstance(item, Lead):  # a lead only saves work: nothing to report
+                    failed.append(item)
+                continue
+            await self._deliver(windows, scores)
+        if failed:
+            log.error("windows_not_scored", windows=len(failed), tries=self.max_tries,
+                      error=reason[:200])
+            if self.on_failed is not None:
+                await self._retrying(self.on_failed, failed, f"{reason} ({self.max_tries} tries)")
+
+    async def _deliver(self, windows: list[Window], scores: np.ndarray) -> None:
+        if windows:
+            await self._retrying(self.on_scored, windows, scores)
+
+    async def _retrying(self, callback, *args) -> None:
+        delay_s = self.retry_delay_s
+        while True:
+            try:
+                await callback(*args)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scored_callback_failed_retrying", retry_in_s=delay_s)
+                if self.metrics is not None:
+                    self.metrics.scoring_errors.inc()
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 5.0)
 
     @property
     def _where(self) -> str:
