@@ -235,17 +235,39 @@ def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
     return out
 
 
-def _pip_targets(dockerfile: Path) -> list[str]:
-    targets = []
+def _pip_args(dockerfile: Path) -> tuple[list[str], list[str]]:
+    """(packages, lock files) of every ``pip install`` in the Dockerfile's RUN lines."""
+    targets, locks = [], []
     for instr, args in _instructions(dockerfile):
         if instr != "RUN":
             continue
         for cmd in re.split(r"&&|\|\||;", args):
             words = cmd.split()
             if "pip" in words and "install" in words:
-                rest = words[words.index("install") + 1:]
-                targets += [w.strip("'\"") for w in rest if not w.startswith("-")]
-    return targets
+                rest = iter(words[words.index("install") + 1:])
+                for w in rest:
+                    if w in ("-r", "--requirement"):
+                        locks.append(next(rest))
+                    elif not w.startswith("-"):
+                        targets.append(w.strip("'\""))
+    return targets, locks
+
+
+def _pip_targets(dockerfile: Path) -> list[str]:
+    return _pip_args(dockerfile)[0]
+
+
+@pytest.mark.parametrize("name,lock", [("worker", "requirements/worker.txt"),
+                                       ("producer", "requirements/base.txt")])
+def test_images_install_their_lock_file(name, lock):
+    assert _pip_args(DOCKER / f"{name}.Dockerfile")[1] == [lock]
+    assert (ROOT / lock).is_file()
+    assert "!requirements/" in (DOCKER / f"{name}.Dockerfile.dockerignore").read_text()
+    pins = [line for line in (ROOT / lock).read_text().splitlines()
+            if line and not line.startswith((" ", "#"))]
+    assert pins and all("==" in line for line in pins)
+    if name == "producer":
+        assert not any(line.startswith(("onnxruntime", "torch", "faust")) for line in pins)
 
 
 @pytest.mark.parametrize("name", ["worker", "producer"])

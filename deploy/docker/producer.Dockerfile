@@ -17,7 +17,8 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY . .
 # Core install: no extras. tests/test_deploy.py checks this line never pulls in onnxruntime/torch.
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir -r requirements/base.txt \
+ && pip install --no-cache-dir --no-deps .
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN apt-get update \

@@ -17,7 +17,9 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY . .
 # Non-editable install into the venv: the runtime stage needs neither /src nor a compiler.
-RUN pip install --no-cache-dir "./[worker]" \
+# Dependencies at the versions of the lock file (scripts/lock.sh), then the package itself.
+RUN pip install --no-cache-dir -r requirements/worker.txt \
+ && pip install --no-cache-dir --no-deps "./[worker]" \
  && test -f model_artifacts/manifest.json \
     || { echo "model_artifacts/manifest.json missing: export or fetch the model artifact before building" >&2; exit 1; }
 
