@@ -102,25 +102,31 @@ def validate(directory: Path, utterances=None, min_ua: float = 0.0, min_agreemen
     from worker.audio import load_mono_16k
     from worker.frontend import clip_features
 
-    y_true, y_pred, agree, windows = [], [], 0, 0
+    y_true, y_pred = [], []
+    agree: dict[str, list[int]] = {}  # corpus -> [agreeing windows, windows]
     for u in track(utterances, description="validate", disable=not progress, transient=True):
         if u.label not in labels:
             continue
         feats = clip_features(load_mono_16k(u.path), cfg, hop_s)
         p8 = models["int8"].scores(feats)
         p32 = models["fp32"].scores(feats)
-        agree += int((p8.argmax(-1) == p32.argmax(-1)).sum())
-        windows += len(feats)
+        counts = agree.setdefault(u.corpus or "corpus", [0, 0])
+        counts[0] += int((p8.argmax(-1) == p32.argmax(-1)).sum())
+        counts[1] += len(feats)
         y_true.append(labels.index(u.label))
         y_pred.append(int(p8.mean(axis=0).argmax()))
     if not y_true:
         report.add("corpus", False, "no utterance of the corpus has a label the model knows")
         return report
     m = metric_scores(y_true, y_pred, len(labels))
-    m["agreement"] = round(100 * agree / windows, 2)
+    windows = sum(n for _, n in agree.values())
+    m["agreement"] = round(100 * sum(a for a, _ in agree.values()) / windows, 2)
+    m["agreement_per_corpus"] = {c: round(100 * a / n, 2) for c, (a, n) in sorted(agree.items())}
     m["utterances"], m["windows"] = len(y_true), windows
     report.metrics = m
     report.add("ua", m["ua"] >= min_ua, f"int8 UA {m['ua']:.2f}% (min {min_ua}%) on {len(y_true)} utterances")
-    report.add("agreement", m["agreement"] >= min_agreement,
-               f"int8/fp32 agreement {m['agreement']:.2f}% of {windows} windows (min {min_agreement}%)")
+    worst = min(m["agreement_per_corpus"], key=m["agreement_per_corpus"].get)
+    report.add("agreement", m["agreement_per_corpus"][worst] >= min_agreement,
+               f"int8/fp32 agreement {m['agreement']:.2f}% of {windows} windows, lowest "
+               f"{worst} {m['agreement_per_corpus'][worst]:.2f}% (min {min_agreement}% per corpus)")
     return report
