@@ -4,8 +4,9 @@ Reads saved ``sernet bench pipeline`` results (no new runs) and prints two markd
 
 * **the knee**: every run's p99 verdict against the whole machine's busy cores
   (``machine_cores_busy``: workers, tansu, the load generator and everything else). On the
-  2-vCPU VMs of bench/README.md sections 20-22 every run below ~70 % busy met p99 <= 250 ms and
-  none above ~80 % did, whatever the chunk size or linger: the latency target is a CPU budget.
+  2-vCPU VMs measured (bench/README.md, how capacity is budgeted) every run below ~70-75 % busy
+  met p99 <= 250 ms and none above ~80 % did, whatever the chunk size or linger: the latency
+  target is a CPU budget.
 * **the budget**: per capacity search (chunk size, load-generator linger), the CPU each
   real-time speaker costs per second of audio, split into the workers, the broker and the load
   generator (all three share the cores here), and the speakers that fit under the knee at that

@@ -137,7 +137,7 @@ def _new_frames_only(batch, new_from: int, cfg: FrontendConfig) -> np.ndarray:
     """Mel rows of only the frames a window adds at the hop (63 of 184 at 1.008 s), batched
     by the worker cache's own :func:`worker.streaming_frontend.mel_passes`: the transform work
     no exact streaming frontend can skip. With the per-window log/DCT of all 184 rows (it needs
-    the window's own peak gain) it is the floor of ``streaming`` (section 27)."""
+    the window's own peak gain) it is the floor of ``streaming`` (bench/README.md, targets)."""
     from worker.streaming_frontend import mel_passes
 
     return np.concatenate([rows for _, rows in mel_passes([w.samples[new_from:] for w in batch], cfg)])

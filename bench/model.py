@@ -21,7 +21,7 @@ from worker.model import EmotionModel
 
 BATCHES = (1, 8, 32)
 THREADS = (1, 2)
-OPT_VARIANT = "int8_qdq_allops_dwpool"  # see bench/README.md "Model optimisations"
+OPT_VARIANT = "int8_qdq_allops_dwpool"  # ort_int8_opt (bench/README.md, model)
 
 
 def _features(n: int, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""onnxruntime int8 variants explored for issue 6 (see bench/README.md, "Model optimisations").
+"""onnxruntime int8 variants explored for issue 6 (``ort_int8_opt`` in bench/README.md, model).
 
 Each variant is built from the artifact's fp32 ONNX model, written under ``.cache/ort-variants/``
 keyed by the fp32 model's checksum, and gated against fp32 by the bench (max |diff| and argmax

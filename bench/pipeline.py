@@ -44,8 +44,9 @@ from bench.common import machine, speaker_windows, summary
 
 P99_LIMIT_MS = 250.0
 # CPU of processes outside the run (the machine's busy cores less the workers', tansu's and the
-# load generator's) above which a failing step is run again: in 308 runs of sections 20-24 it
-# stayed within -0.05..+0.08 cores (99 % below 0.043); section 25 saw 0.34-0.40 for minutes
+# load generator's) above which a failing step is run again: in 308 runs on the Zen 4 VMs it
+# stayed within -0.05..+0.08 cores (99 % below 0.043); the Intel VM's hypervisor steal took
+# 0.34-0.40 for minutes (bench/README.md, reading the noise)
 OTHER_LOAD_LIMIT_CORES = 0.15
 DISTURBED_RETRIES = 2
 
@@ -59,7 +60,7 @@ def passed(run: dict[str, Any]) -> bool:
 def other_cores(run: dict[str, Any]) -> float | None:
     """Cores that something other than the run's own processes kept busy during it: other
     processes, the kernel's own threads, and on a VM the hypervisor's steal (``steal_cores``,
-    recorded since section 26, where it was most of it)."""
+    recorded per run; on the Intel VM it was most of it)."""
     try:
         return round(run["machine_cores_busy"] - run["worker_cpu_share_of_wall"]
                      - run["bench_process_cores"] - run["broker_cores"], 3)
@@ -412,7 +413,7 @@ def bare_cpu_per_window(artifact_dir: Path, batch: int, audio: np.ndarray, calls
     like the worker): ``batch_features``, or with ``streaming`` the worker's ``WindowScorer``
     (mel rows shared by consecutive windows of each of ``batch`` speakers, frame-aligned hop).
     ``gap_s``: sleep before each batch (the *paced* bare cost: on shared VMs a call after a
-    pause costs up to 1.5x one right after another, bench/README.md sections 17-18)."""
+    pause costs up to 1.5x one right after another, bench/README.md, reading the noise)."""
     from worker.frontend import FrontendConfig, batch_features
     from worker.model import EmotionModel
     from worker.scoring import WindowScorer
@@ -453,7 +454,7 @@ def bare_cpu_per_window(artifact_dir: Path, batch: int, audio: np.ndarray, calls
 
 # bare measurements of each kind per run (~0.4 s each), plain and streaming taking turns; the
 # efficiency divides by their median: one such measurement moved 1.77-2.39 ms per window
-# between back-to-back repeats on the Intel VM of bench/README.md section 27
+# between back-to-back repeats on the Intel VM (bench/README.md, reading the noise)
 BARE_BLOCKS = 3
 
 
@@ -810,7 +811,7 @@ def compare(artifact_dir: Path, var: str, values: list[str], *, rounds: int, spe
     """Interleaved A/B of one worker environment variable: ``rounds`` rounds of one fixed-N run
     per value (fresh broker and workers each, order alternating per round), reported as
     per-value medians and same-round ratios to the first value (:func:`ab_summary`). Two runs
-    of the same code can differ by 10 % on a shared VM (bench/README.md, section 23); only
+    of the same code can differ by 10 % on a shared VM (bench/README.md, reading the noise); only
     ratios within a round, over several rounds, separate a change from that drift."""
     runs = []
     for r, order in enumerate(round_orders(values, rounds)):

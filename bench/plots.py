@@ -10,9 +10,9 @@
 * ``pipeline_budget.png``: CPU per real-time speaker (workers, tansu, load generator) per
   capacity search, against what 500 speakers under that knee allow (:mod:`bench.budget`).
 
-The files are those of the newest pass, named by its prefix (:data:`PASS_PREFIX`, the
-machine and pass of bench/README.md's newest section: ``intel_e_model.json``,
-``intel_e_frontend.json``, ``intel_e_pipeline_workers*.json``); ``--prefix`` picks another pass.
+The files are one machine's current results, named by their prefix (:data:`PASS_PREFIX`, the
+Intel Xeon VM of bench/README.md, current results: ``intel_e_model.json``,
+``intel_e_frontend.json``, ``intel_e_pipeline_workers*.json``); ``--prefix`` picks another.
 Without a prefix's files, the highest ``_vN`` of each older family (``model_artifact_v6.json``
 over ``model_artifact_v5.json``). Either way a fresh clone plots the same files as the author.
 """
@@ -26,7 +26,7 @@ from typing import Any
 
 from bench import budget
 from bench.common import RESULTS
-PASS_PREFIX = "intel_e_"  # bench/README.md section 27
+PASS_PREFIX = "intel_e_"  # the Intel Xeon VM (bench/README.md, current results)
 
 
 def _version(path: Path) -> int:
@@ -124,7 +124,7 @@ def main(out_dir: Path = RESULTS, prefix: str = PASS_PREFIX) -> list[Path]:
         fig, ax = plt.subplots(figsize=(9, 4))
         ax.bar(["worker path\nplain", "worker path\nstreaming"],
                [worker_ms[k]["median"] for k in ("plain", "streaming")], color=["C0", "C1"])
-        if "new_frames" in worker_ms:  # section 27: what an exact streaming frontend can't skip
+        if "new_frames" in worker_ms:  # what no exact streaming frontend skips (README, targets)
             new, log_dct = worker_ms["new_frames"]["median"], worker_ms["log_dct"]["median"]
             ax.bar(["worker path\nexact floor"], [new], color="C2", label="new frames' transforms")
             ax.bar(["worker path\nexact floor"], [log_dct], bottom=[new], color="C3",
