@@ -452,8 +452,7 @@ def load_model(settings: Settings):
     artifact = load_artifact(settings.artifact_dir)  # verifies every sha256 and the frontend
     # onnxruntime's CPU arena keeps the largest run's activations: one window's (~9 MB, less
     # than malloc keeps without it) at the default model_batch 1, and 4 % less CPU per call;
-    # ~100 MB for 32-window calls, so larger model batches run without it (bench/README.md,
-    # sections 6 and 16)
+    # ~100 MB for 32-window calls, so larger model batches run without it (bench/README.md)
     model = EmotionModel.from_artifact(artifact, threads=settings.threads,
                                        run_batch=settings.model_batch,
                                        memory_arena=settings.model_batch == 1)
@@ -466,7 +465,7 @@ def drop_monitor_sensor(app) -> bool:
     per-message statistics for Faust's own web views (an event state object, timestamps and
     deques per message, through six sensor calls per chunk) that nothing here reads; the
     worker's metrics are its own (``worker/metrics.py``). Event-loop CPU per window -5 %,
-    worker -3 % at 100 ms chunks (bench/README.md, section 16). Returns whether it was there."""
+    worker -3 % at 100 ms chunks (bench/README.md). Returns whether it was there."""
     if app.monitor in set(app.sensors):
         app.sensors.remove(app.monitor)
         return True
@@ -510,8 +509,8 @@ def create_app(settings: Settings, model_bundle=None):
     async def send(topic: str, key: bytes | None, value: bytes):
         # Faust's producer (started at boot, before the agents) rather than ``Topic.send``:
         # the same aiokafka send, partitioner and delivery future, without Faust's per-message
-        # PendingMessage/FutureMessage, serializer lookups, sensors and callbacks (bench/README.md
-        # section 18); the topics exist already (``run_worker`` or the deployment's topic job)
+        # PendingMessage/FutureMessage, serializer lookups, sensors and callbacks
+        # (bench/README.md); the topics exist already (``run_worker`` or the topic job)
         return await app.producer.send(topic, key, value, partition=None, timestamp=None,
                                        headers=None)  # a future of RecordMetadata
 
@@ -529,7 +528,7 @@ def create_app(settings: Settings, model_bundle=None):
     # offset of the last message handed to the pipeline, per partition: the lag gauge is
     # refreshed from it with the pipeline's other gauges (at most every GAUGE_PERIOD_S), not
     # per message (the high-watermark lookup and the gauge cost ~3 % of the event loop at
-    # 100 ms chunks, bench/README.md section 17)
+    # 100 ms chunks, bench/README.md)
     last_offset: dict = {}
 
     def refresh_lag() -> None:
@@ -549,7 +548,7 @@ def create_app(settings: Settings, model_bundle=None):
         # the message, not an event (the ack is what ``Event.ack`` does), and the payload is
         # dropped once handled (the windowing copied the samples or keeps its own view of what
         # it still needs), so ~3 s of every speaker's raw chunks do not stay in memory
-        # (bench/README.md, section 12)
+        # (bench/README.md)
         await pipeline.handle(Incoming(key=message.key, value=message.value, topic=tp.topic,
                                        partition=tp.partition, offset=message.offset,
                                        ack=lambda m=message: m.ack(app.consumer),
@@ -558,8 +557,8 @@ def create_app(settings: Settings, model_bundle=None):
 
     if settings.direct_delivery:
         # the conductor hands each chunk to ``deliver`` itself, without Faust's Event,
-        # channel queue and stream per message (worker/faust_patches.py, bench/README.md
-        # section 21); the agent below still subscribes the topic and sees no messages
+        # channel queue and stream per message (worker/faust_patches.py, bench/README.md);
+        # the agent below still subscribes the topic and sees no messages
         app.sernet_direct = {settings.input_topic: deliver}
         patch_direct_delivery()
 
@@ -575,7 +574,7 @@ def create_app(settings: Settings, model_bundle=None):
         # Faust, aiokafka, onnxruntime and the model leave ~10^5 long-lived objects that every
         # full (generation 2) garbage collection walks: 40-60 ms with the event loop stopped,
         # during the load too. Freezing them once started leaves the collector only what the
-        # streams create (bench/README.md, section 11).
+        # streams create (bench/README.md).
         gc.collect()
         gc.freeze()
         log.info("worker_started", settings=settings.safe_dict(), model=info.to_dict(),

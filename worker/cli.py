@@ -33,7 +33,7 @@ def one_malloc_arena() -> bool:
     the scoring thread where settings keep them) then each keep the memory they freed to
     themselves. One shared arena: peak RSS at 256 speakers per
     worker 191-199 -> 190-191 MB, same CPU (the GIL serialises those threads anyway;
-    bench/README.md, section 12). Skipped when ``MALLOC_ARENA_MAX`` is set (glibc read it)
+    bench/README.md). Skipped when ``MALLOC_ARENA_MAX`` is set (glibc read it)
     or the C library is not glibc. Returns whether it was applied."""
     import ctypes
     import os

@@ -12,7 +12,7 @@
   runs the callback's first step inline and takes ``wait_first``'s path only for a callback
   that has to wait; it then continues from where it stopped, with the same cancellation on a
   suspended flow. Delivery CPU per 16 KB message, Faust alone: 250 -> 135 us
-  (bench/README.md, section 15).
+  (bench/README.md).
 * :func:`patch_stream_yield`: Faust's compiled stream iterator (``faust/_cython/streams.pyx``,
   ``StreamIterator.next``) runs ``await asyncio.sleep(0)`` before *every* message it takes, one
   full event-loop turn (a ``select`` and every ready callback) per chunk, where Faust's fetcher

@@ -194,7 +194,7 @@ def gain_from_peak(peak: float) -> float:
 
 # samples per block of the peak-gain search (:func:`percentile_from_block_maxima`): a 3 s
 # window is 375 blocks. Finer blocks bound the deciding values more tightly (fewer samples to
-# search) but cost more maxima: 128 is the cheapest of 32-256 here (bench/README.md, section 24)
+# search) but cost more maxima: 128 is the cheapest of 32-256 here (bench/README.md)
 GAIN_BLOCK = 128
 
 
@@ -249,7 +249,7 @@ def peak_scale(samples: np.ndarray, percentile: float = 99.9) -> float:
 
     The percentile comes from the block-maximum search (:func:`percentile_from_block_maxima`,
     blocks of ``GAIN_BLOCK``): for a 3 s window ~5x cheaper than one partition of all 48,000
-    magnitudes (bench/README.md, section 24), with the same two order statistics. A NaN
+    magnitudes (bench/README.md), with the same two order statistics. A NaN
     anywhere gives what the exhaustive partition gives (its NaNs sort last)."""
     if samples.size == 0:
         return 1.0
@@ -361,7 +361,7 @@ def pad_window(samples: np.ndarray, cfg: FrontendConfig) -> tuple[np.ndarray, fl
 
 # windows per numpy pass: the frames of one 3 s window are 0.75 MB, so a pass over 32 windows
 # (24 MB) outgrows the CPU caches and costs ~1.7x more per window than 1-2 at a time
-# (bench/README.md, section 9); every frame's result is the same whatever shares the pass
+# (bench/README.md); every frame's result is the same whatever shares the pass
 WINDOWS_PER_PASS = 2
 
 

@@ -46,7 +46,7 @@ class EmotionModel:
         # most windows per onnxruntime call (None: the whole batch at once). On CPU the int8
         # network's activations of a 32-window call (~3 MB per window) outgrow the caches and
         # stay resident in malloc's heap: one window per call is both the fastest per window
-        # and the smallest (bench/README.md, section 9)
+        # and the smallest (bench/README.md)
         self.run_batch = run_batch
 
     @classmethod

@@ -4,7 +4,7 @@ The frontend needs three things from scipy: a float32 real FFT, a DCT-II (once, 
 MFCC matrix) and a CSR sparse x dense product (the mel filterbank). ``import scipy.fft`` also
 imports ``scipy.special`` and ``scipy._lib`` (~240 modules) and ``scipy.sparse`` most of those
 again: together ~28 MB of every worker's RSS, about a seventh of it at 256 speakers
-(bench/README.md, section 16). The kernels themselves live in two self-contained extension
+(bench/README.md). The kernels themselves live in two self-contained extension
 modules, ``scipy/fft/_pocketfft/pypocketfft`` (pocketfft, pybind11) and
 ``scipy/sparse/_sparsetools``, which load on their own for ~0.6 MB. This module loads them from
 scipy's installed files and calls them with exactly the arguments scipy's wrappers pass, so

@@ -7,7 +7,7 @@ asyncio queue, cuts a batch when ``batch_size`` windows are waiting or ``batch_w
 the first one arrived, runs the scorer and hands the scores to an async callback. The scorer
 runs on the event loop's own thread by default (``in_loop``: the loop waits for the batch, a
 few to a few tens of milliseconds, and nothing crosses threads), or in a one-thread executor
-beside the loop (bench/README.md, section 26, measured both).
+beside the loop (bench/README.md).
 
 Batches are processed one after another and the callback is awaited before the next batch
 starts, so when the callback returns, every window of this batch *and of all earlier batches*
@@ -39,7 +39,7 @@ log = get_logger("sernet.worker")
 
 # full windows taken through the streaming frontend at a time: their float32 audio (192 KB
 # each) and mel rows (94 KB each) are scratch for one step, so a 32-window batch holds 4.5 MB
-# of them, not 9 MB (8 at a time cost 3 % more CPU; bench/README.md, section 12)
+# of them, not 9 MB (8 at a time cost 3 % more CPU; bench/README.md)
 FEATURE_WINDOWS = 16
 
 

@@ -207,7 +207,7 @@ def gain_block(frame_hop: int) -> int:
 
 
 # windows per FFT call: 63 new frames of 4 windows (1 MB) stay in the CPU caches; 32 windows'
-# frames do not and cost ~15 % more per window (bench/README.md, section 9)
+# frames do not and cost ~15 % more per window (bench/README.md)
 FFT_WINDOWS = 4
 
 

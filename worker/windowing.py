@@ -301,9 +301,8 @@ class Window:
     """One window ready to score: only the real audio (no end padding).
 
     ``pcm`` is the window's own copy of the audio as the speaker's buffer holds it: int16 PCM
-    (half the memory of float32 while the window waits for the scorer, bench/README.md
-    section 12) or float32; ``samples`` is it as float32 (converted on each access: the
-    scorer asks once)."""
+    (half the memory of float32 while the window waits for the scorer, bench/README.md) or
+    float32; ``samples`` is it as float32 (converted on each access: the scorer asks once)."""
 
     key: Hashable
     index: int
@@ -404,7 +403,7 @@ def vad_speech(samples: np.ndarray, threshold_dbfs: float, sample_rate_hz: int =
     event loop for every window). int16 PCM is judged unscaled against the threshold times
     32768^2: scaling by a power of two is exact, so the decision is the one for x / 32768.
     Speech is the common case: the first quarter of the frames is judged first and most speech
-    windows stop there; silence costs one more small call (bench/README.md, section 17).
+    windows stop there; silence costs one more small call (bench/README.md).
     """
     n = samples.shape[0]
     if n == 0:
@@ -479,8 +478,7 @@ class SpeakerState:
     # the slack is used up, instead of re-concatenating the whole 2-3 s buffer for every
     # chunk. The array is sized once for a window plus a chunk plus slack (one chunk, at
     # least 1/16 window): at 500 ms chunks the live 2-3 s move about once a second, and a
-    # speaker's buffer is not reallocated as it fills (fewer heap holes; bench/README.md,
-    # section 12).
+    # speaker's buffer is not reallocated as it fills (fewer heap holes; bench/README.md).
     @property
     def buf(self) -> np.ndarray:
         return self._store[self._lo:self._hi]
