@@ -100,10 +100,20 @@ def _loco_section(loco: dict) -> list[str]:
                  f"| {sum(base_mean) / len(base_mean):.2f} (over {len(base_mean)}) |" if base_mean else
                  f"| **mean** | | | **{mean.get('ua', float('nan')):.2f}** | | | | | | |")
     minutes = (loco.get("fold_seconds_total") or 0) / 60
+    ranked = sorted(loco["per_corpus"], key=lambda c: loco["per_corpus"][c].get("int8", {}).get("ua", 0))
+    def named(c: str) -> str:
+        info = KNOWN.get(c, {})
+        return (f"{c} ({info.get('language', '?')}, {info.get('kind', '?')}: "
+                f"{loco['per_corpus'][c].get('int8', {}).get('ua', float('nan')):.1f} %)")
+    lines += ["", "Per language: one corpus per language, so a language's figure is also its "
+              f"corpus's speakers, room and style. Highest {named(ranked[-1])}; lowest "
+              f"{named(ranked[0])}. Expect figures in this range on a language or recording "
+              "setup none of them shares, and check with `sernet eval` on your own data."]
     lines += ["", f"Chance is 100 / (classes the corpus annotates): 16.7 % for six, 25 % for four, "
               f"33.3 % for three. {len(loco['per_corpus'])} folds, {minutes:.0f} min of fold "
               "compute (CPU, 2 cores). Per-fold files and confusion matrices: "
-              "[reports/loco/](reports/loco/cv_table.md)."]
+              "[reports/loco/](reports/loco/cv_table.md).", "",
+              "![LOCO confusion, int8, all held-out corpora](reports/loco/confusion_int8.png)"]
     return lines
 
 
