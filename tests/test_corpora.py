@@ -151,8 +151,9 @@ def test_csv_relative_and_absolute(tmp_path, write_wav):
                         f"{a},angry,s1,x\n"
                         ",,,\n")
     utts = load_csv(manifest)
-    assert utts == [Utterance(manifest.parent / "../audio/b.flac", "sad", "s2"),
-                    Utterance(a, "angry", "s1")]
+    # without a corpus column the manifest's folder names the corpus
+    assert utts == [Utterance(manifest.parent / "../audio/b.flac", "sad", "s2", "lists"),
+                    Utterance(a, "angry", "s1", "lists")]
     assert load_corpus("csv", manifest) == utts
     assert corpus_labels("csv", utts) == ["angry", "sad"]
 
