@@ -266,3 +266,30 @@ def test_short_mode_multi_corpus_loco_end_to_end(samples, tmp_path):
     assert "mean over corpora" in (out / "cv_table.md").read_text()
     again = sernet(*args)
     assert json.loads(again.stdout.strip().splitlines()[-1])["folds"] == summary["folds"]
+
+
+def test_bf16_training_keeps_fp32_weights_and_learns():
+    """precision="bf16" autocasts the forward pass only: the weights (and so the checkpoint,
+    the export and the int8 step) stay fp32, and the loss still goes down."""
+    torch = pytest.importorskip("torch")
+    from dataclasses import replace
+
+    from training.config import PRESETS, TrainConfig
+    from training.features import FeatureSet
+    from training.train import train
+
+    rng = np.random.default_rng(0)
+    n = 24
+    y = np.arange(n) % 3
+    feats = rng.normal(0, 1, (n, 184, 40)).astype(np.float16)
+    feats[:, :, 0] += y[:, None] * 3  # separable by the first coefficient
+    data = FeatureSet(feats, np.arange(n, dtype=np.int32), np.zeros(n, dtype=np.int8))
+    cfg = replace(PRESETS["multi"], epochs=4, epoch_utterances=0, qat_epochs=0, augment=False,
+                  mixup_alpha=0.0, time_masks=0, freq_masks=0, ema_decay=0.0, batch_size=8,
+                  threads=1)
+    assert cfg.precision == "bf16"
+    result = train(data, y, np.arange(n), 3, cfg)
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")

@@ -53,12 +53,14 @@ class TrainConfig:
     int8_recipe: str = INT8_RECIPES[0]  # the int8 graph exported, and simulated by the fine-tuning
     epoch_utterances: int = 0         # utterances drawn per epoch by corpus/class balance; 0 = each once
     corpus_alpha: float = 0.5         # a corpus's share of an epoch ~ its size ** alpha (0 = equal)
+    precision: str = "fp32"           # fp32 | bf16 (autocast of the forward pass; weights stay fp32)
     seed: int = 0
     threads: int = 0                  # torch intra-op threads; 0 = torch default
     device: str = "auto"              # auto (cuda when present) | cpu | cuda
 
     def __post_init__(self) -> None:
         choices = {"schedule": ("paper", "onecycle"), "loss": ("ce", "focal"),
+                   "precision": ("fp32", "bf16"),
                    "input_norm": INPUT_NORMS, "int8_recipe": INT8_RECIPES}
         from training.augment import VARIANTS
 
@@ -107,9 +109,11 @@ PRESETS: dict[str, TrainConfig] = {
                           ema_decay=0.99, qat_epochs=6, int8_recipe="fused-relu-fp32-pools"),
 }
 # several corpora: each epoch draws utterances so that no corpus or class dominates (a corpus's
-# share ~ its size ** corpus_alpha, its classes equally), which replaces the class-balanced loss
-PRESETS["multi"] = replace(PRESETS["robust"], epochs=20, epoch_utterances=2048,
-                           corpus_alpha=0.5, class_balanced=False, qat_epochs=3)
+# share ~ its size ** corpus_alpha, its classes equally), which replaces the class-balanced loss.
+# bf16 autocast: 1.9x the training steps per CPU second (AVX-512 BF16), spent on 40 epochs
+PRESETS["multi"] = replace(PRESETS["robust"], epochs=40, epoch_utterances=2048,
+                           corpus_alpha=0.5, class_balanced=False, qat_epochs=3,
+                           precision="bf16")
 
 
 def preset(name: str, **overrides) -> TrainConfig:

@@ -251,7 +251,9 @@ def train(data: FeatureSet, labels: np.ndarray, utt_ids: np.ndarray, num_classes
                         else torch.randperm(len(rows), generator=gen)).to(device)
                 x = lam * x + (1 - lam) * x[perm]
                 y = lam * y + (1 - lam) * y[perm]
-            logits = model(x)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                logits = model(x)
+            logits = logits.float()
             scored = partial_logits(logits, mask)
             if cfg.loss == "focal":
                 loss = focal_loss(scored, y, cfg.focal_gamma, weight)
