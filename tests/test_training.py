@@ -236,6 +236,23 @@ def test_train_finetune_only_adds_the_int8_fine_tuning_to_a_checkpoint(short_run
     assert wrong.returncode == 2 and "another frontend" in wrong.stderr
 
 
+def test_validate_reproduces_the_export_time_reference_ua(short_run, emodb_root, tmp_path):
+    """The gate re-measures the UA the export recorded for the training corpus; a reference
+    the model does not reach (here: raised to 99 %) fails it."""
+    manifest = read_manifest(short_run)
+    ref = manifest["validation"]["reference_ua"]
+    assert set(ref) == {"emodb"}
+    ok = json.loads(sernet("validate", "--artifact", short_run, "--data", emodb_root, "--json",
+                           "--min-agreement", "0").stdout.strip().splitlines()[-1])
+    assert ok["ok"] and ok["metrics"]["ua_per_corpus"]["emodb"] == pytest.approx(ref["emodb"], abs=0.01)
+    art = tmp_path / "art"
+    shutil.copytree(short_run, art)
+    manifest["validation"]["reference_ua"]["emodb"] = 99.0
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    bad = sernet("validate", "--artifact", art, "--data", emodb_root, "--min-agreement", "0", check=False)
+    assert bad.returncode == 1 and "FAIL  ua emodb" in bad.stdout
+
+
 def test_validate_fails_on_a_tampered_model(short_run, tmp_path):
     art = tmp_path / "art"
     shutil.copytree(short_run, art)

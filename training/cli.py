@@ -291,7 +291,9 @@ def export(checkpoint, corpus, data, labels, label_map, iemocap_subset, out, cv_
      help="Artifact folder to validate.")
 @corpus_options
 @opt("--no-corpus", is_flag=True, help="Only checksums, frontend and shapes; skip the accuracy run.")
-@opt("--min-ua", type=float, default=85.0, show_default=True, help="Minimum int8 UA in percent.")
+@opt("--min-ua", type=float, default=None,
+     help="Minimum pooled int8 UA in percent. Default: each corpus must reach the artifact's "
+          "export-time reference (manifest 'validation') less its margin; 85 without one.")
 @opt("--min-agreement", type=float, default=98.0, show_default=True,
      help="Minimum int8/fp32 agreement in percent of windows.")
 @opt("--json", "as_json", is_flag=True, help="Print the report as JSON.")

@@ -92,6 +92,23 @@ def loco_metrics(report: dict, baseline: dict | None = None) -> dict:
     return out
 
 
+VALIDATION_MARGIN = 2.0  # UA points below the export-time figure that `sernet validate` accepts
+
+
+def training_data_ua(utterances: list[Utterance], labels: list[str], ev, p8: np.ndarray) -> dict:
+    """int8 UA (percent) of each training corpus, utterance = mean of its windows: the
+    reference `sernet validate` re-measures (a regression check, not an accuracy claim)."""
+    from training.calibration import pool
+    from training.metrics import scores
+
+    ids = np.unique(ev.utt)
+    pooled = pool(p8, ev.utt)
+    corpus = np.array([utterances[i].corpus for i in ids])
+    y = np.array([labels.index(utterances[i].label) for i in ids])
+    return {c: scores(y[corpus == c].tolist(), pooled[corpus == c].argmax(-1).tolist(),
+                      len(labels))["ua"] for c in sorted(set(corpus.tolist()))}
+
+
 def corpus_agreement(utterances: list[Utterance], ev, p32: np.ndarray, p8: np.ndarray) -> dict:
     """int8/fp32 window agreement (percent) per corpus."""
     corpus = np.array([utterances[i].corpus for i in ev.utt])
@@ -187,6 +204,12 @@ def build_artifact(ckpt_path: Path, utterances: list[Utterance], out_dir: Path,
                      "speakers": blob.get("speakers"), "data_fingerprint": blob.get("data_fingerprint"),
                      "train_config": blob["train_config"],
                      "train_seconds": round(blob.get("train_seconds", 0.0), 1)},
+        "validation": {"reference_ua": training_data_ua(utterances, labels, ev, p8),
+                       "margin": VALIDATION_MARGIN,
+                       "note": "int8 UA of this model on its own training corpora at export "
+                               "(hop 1 s, mean of windows): `sernet validate` fails a corpus "
+                               "more than `margin` points below it. A regression reference, "
+                               "not an accuracy claim (see metrics.loco)."},
         "code_version": code_version(exclude=out_dir),
         "metrics": {},
     }
