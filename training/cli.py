@@ -84,6 +84,17 @@ def corpus_kind(corpus: str, data) -> str:
     return kinds.pop() if len(kinds) == 1 else "csv"
 
 
+def scoring_options(fn):
+    """The artifact and how it scores files: shared by `predict` and `eval`."""
+    fn = opt("--threads", type=int, default=1, show_default=True, help="onnxruntime threads.")(fn)
+    fn = opt("--hop-s", type=float, default=1.0, show_default=True, help="Hop between windows.")(fn)
+    fn = opt("--precision", type=click.Choice(["int8", "fp32"]), default="int8", show_default=True,
+             help="Which model of the artifact.")(fn)
+    fn = opt("--artifact", type=click.Path(path_type=Path), default=DEFAULT_ARTIFACT_DIR,
+             show_default=True, help="Model artifact folder.")(fn)
+    return fn
+
+
 def frontend_options(fn):
     fn = opt("--window-s", type=float, default=None,
              help="Window length in seconds [default: 3, IEMOCAP 7].")(fn)
@@ -324,12 +335,7 @@ def validate(artifact, corpus, data, labels, label_map, iemocap_subset, no_corpu
 
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@opt("--artifact", type=click.Path(path_type=Path), default=DEFAULT_ARTIFACT_DIR, show_default=True,
-     help="Model artifact folder.")
-@opt("--precision", type=click.Choice(["int8", "fp32"]), default="int8", show_default=True,
-     help="Which model of the artifact.")
-@opt("--hop-s", type=float, default=1.0, show_default=True, help="Hop between windows.")
-@opt("--threads", type=int, default=1, show_default=True, help="onnxruntime threads.")
+@scoring_options
 @opt("--json", "as_json", is_flag=True,
      help="One JSON object per file per line: file, label, scores, windows, combine.")
 def predict(files, artifact, precision, hop_s, threads, as_json):
@@ -388,12 +394,7 @@ def predict(files, artifact, precision, hop_s, threads, as_json):
 @opt("--label-map", default=None,
      help="their=ours,... maps the data's label names to the model's (ours '-' drops a label); "
           "labels the model lacks are counted and reported, not scored.")
-@opt("--artifact", type=click.Path(path_type=Path), default=DEFAULT_ARTIFACT_DIR, show_default=True,
-     help="Model artifact folder.")
-@opt("--precision", type=click.Choice(["int8", "fp32"]), default="int8", show_default=True,
-     help="Which model of the artifact.")
-@opt("--hop-s", type=float, default=1.0, show_default=True, help="Hop between windows.")
-@opt("--threads", type=int, default=1, show_default=True, help="onnxruntime threads.")
+@scoring_options
 @opt("--iemocap-subset", type=click.Choice(["improvised", "scripted", "all"]),
      default="improvised", show_default=True, help="IEMOCAP sessions to use.")
 @opt("--out", type=click.Path(path_type=Path), default=Path("runs/eval"), show_default=True,
