@@ -183,7 +183,7 @@ def render(manifest: dict) -> str:
             + (" of EMO-DB speakers (grouped to fit the CPU budget), every other corpus in each "
                "fold's training" if several else "")
             + f", {(cv.get('fold_seconds_total') or 0) / 60:.0f} min of fold training in total "
-            "(CPU only, 2 cores, folds 2 at a time). Over the EMO-DB classes the model has.",
+            "(CPU only, 2 cores). Over the EMO-DB classes the model has.",
             "",
             "| model | UA % | WA % | macro-F1 % |", "|---|---|---|---|",
             _row("fp32", cv["fp32"]), _row("int8", cv["int8"]),
