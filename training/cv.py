@@ -332,6 +332,9 @@ def run_cv(utterances: list[Utterance], labels: list[str], frontend: FrontendCon
                     continue
                 bar.update(tasks[name], completed=epoch, visible=True,
                            description=f"  fold {name} loss {loss:.3f}")
+                if not progress and epoch % 5 == 0:  # a line now and then without a live bar
+                    print(f"fold {name}: epoch {epoch}/{train_config.total_epochs} loss {loss:.3f}",
+                          file=sys.stderr, flush=True)
 
         thread = threading.Thread(target=pump, daemon=True)
         thread.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +29,9 @@ def fit(utterances: list[Utterance], labels: list[str], cfg: FrontendConfig, tcf
             acc = f" acc {stats['train_acc']:.2f}" if "train_acc" in stats else ""
             bar.update(task, completed=epoch,
                        description=f"{stats.get('phase', 'train')} loss {stats['loss']:.3f}{acc}")
+            if not progress and epoch % 5 == 0:  # a line now and then without a live bar
+                print(f"epoch {epoch}/{tcfg.total_epochs} loss {stats['loss']:.3f}{acc}",
+                      file=sys.stderr, flush=True)
 
         groups, allowed = corpus_arrays(utterances, labels)
         result = train_distilled(data, y, ids, len(labels), tcfg, on_epoch=on_epoch,
