@@ -110,8 +110,9 @@ def _loco_section(loco: dict) -> list[str]:
               f"{named(ranked[0])}. Expect figures in this range on a language or recording "
               "setup none of them shares, and check with `sernet eval` on your own data."]
     lines += ["", f"Chance is 100 / (classes the corpus annotates): 16.7 % for six, 25 % for four, "
-              f"33.3 % for three. {len(loco['per_corpus'])} folds, {minutes:.0f} min of fold "
-              "compute (CPU, 2 cores). Per-fold files and confusion matrices: "
+              f"33.3 % for three. {len(loco['per_corpus'])} folds, {minutes:.0f} min of fold wall "
+              "time summed over the folds (CPU, 2 cores, folds side by side). Per-fold files "
+              "and confusion matrices: "
               "[reports/loco/](reports/loco/cv_table.md).", "",
               "![LOCO confusion, int8, all held-out corpora](reports/loco/confusion_int8.png)"]
     return lines
@@ -182,8 +183,8 @@ def render(manifest: dict) -> str:
             cv["protocol"] + f"; {cv['folds']} folds"
             + (" of EMO-DB speakers (grouped to fit the CPU budget), every other corpus in each "
                "fold's training" if several else "")
-            + f", {(cv.get('fold_seconds_total') or 0) / 60:.0f} min of fold training in total "
-            "(CPU only, 2 cores). Over the EMO-DB classes the model has.",
+            + f", {(cv.get('fold_seconds_total') or 0) / 60:.0f} min of fold wall time summed over "
+            "the folds (CPU only, 2 cores). Over the EMO-DB classes the model has.",
             "",
             "| model | UA % | WA % | macro-F1 % |", "|---|---|---|---|",
             _row("fp32", cv["fp32"]), _row("int8", cv["int8"]),
@@ -199,7 +200,9 @@ def render(manifest: dict) -> str:
             ("This meets the project's target of 85 % int8 UA on EMO-DB." if cv["int8"]["ua"] >= 85
              else f"This is below the project's target of 85 % int8 UA on EMO-DB: EMO-DB is about "
                   "one eighth of each multi-corpus epoch, where the EMO-DB-only recipe trained on "
-                  "it alone for 120 epochs."),
+                  "it alone for 120 epochs"
+                  + (f", and each of the {cv['folds']} folds trains on only "
+                     f"{10 - 10 // cv['folds']} of its 10 speakers." if cv["folds"] < 10 else ".")),
             "",
         ]
         if cv.get("int8_channels"):
